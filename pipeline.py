@@ -1,0 +1,96 @@
+"""The TFX pipeline: a typed factory, plus the command line of CONTRACTS.md.
+
+``create_pipeline`` reads no environment, does no I/O and calls no runner; the entry
+points in ``runner/`` work out paths and call it.
+
+    python pipeline.py run [--data-dir DIR] [--pipeline-root DIR] ...
+"""
+from __future__ import annotations
+
+import project_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+import dataclasses
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from tfx import v1 as tfx
+from tfx.components import FileBasedExampleGen
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2, transform_pb2
+
+from components.data_validation_gate.component import DataValidationGate
+from components.parquet_example_gen import Executor as ParquetExecutor
+from transform.config import TransformConfig
+
+PIPELINE_NAME = "twotower-recommender"
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+SCHEMA_FILE = os.path.join(REPO_ROOT, "ingest", "schema.pbtxt")
+
+# Dotted paths the components load at run time; tests import each one.
+PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
+
+# Beam on the local DirectRunner: one worker process per core.
+LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+
+# ExampleGen reads the newest span of the prepared data (ingest/prepare.py layout).
+TRAIN_PATTERN = "span-{SPAN}/train/*"
+EVAL_PATTERN = "span-{SPAN}/eval/*"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that varies between runs of the same pipeline graph."""
+
+    pipeline_root: str
+    data_root: str  # prepared data: span-N/{train,eval}/*.parquet
+    schema_file: str = SCHEMA_FILE
+    transform: TransformConfig = TransformConfig()
+    beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
+    enable_cache: bool = True
+    pipeline_name: str = PIPELINE_NAME
+
+
+def create_pipeline(cfg: PipelineConfig,
+                    metadata_connection_config: Optional[object] = None) -> tfx.dsl.Pipeline:
+    """Builds the pipeline: ingestion, validation and Transform."""
+    example_gen = FileBasedExampleGen(
+        input_base=cfg.data_root,
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name="train", pattern=TRAIN_PATTERN),
+            example_gen_pb2.Input.Split(name="eval", pattern=EVAL_PATTERN),
+        ]),
+        custom_executor_spec=executor_spec.BeamExecutorSpec(ParquetExecutor),
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=cfg.schema_file)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    validation_gate = DataValidationGate(anomalies=example_validator.outputs["anomalies"])
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=cfg.transform.to_custom_config(),
+        splits_config=transform_pb2.SplitsConfig(analyze=["train"],
+                                                 transform=["train", "eval"]),
+    )
+    transform.add_upstream_node(validation_gate)  # no Transform on data with anomalies
+    return tfx.dsl.Pipeline(
+        pipeline_name=cfg.pipeline_name,
+        pipeline_root=cfg.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator,
+                    validation_gate, transform],
+        enable_cache=cfg.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(cfg.beam_pipeline_args),
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from runner import cli
+    return cli.main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

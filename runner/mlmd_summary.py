@@ -1,0 +1,56 @@
+"""Reads back what the last run recorded in ML Metadata, for the end-of-run summary."""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+_STATE = metadata_store_pb2.Execution.State
+
+
+@dataclasses.dataclass
+class ComponentRecord:
+    component: str
+    state: str  # COMPLETE, CACHED, FAILED, ...
+    outputs: List[tuple]  # (output key, artifact type, uri, span or None)
+
+
+def last_run_records(connection_config: metadata_store_pb2.ConnectionConfig,
+                     pipeline_name: str) -> List[ComponentRecord]:
+    """The newest execution of every component of ``pipeline_name``, in run order."""
+    store = metadata_store.MetadataStore(connection_config)
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    records = []
+    for ctx in store.get_contexts_by_type("node"):
+        if not ctx.name.startswith(pipeline_name + "."):
+            continue
+        executions = store.get_executions_by_context(ctx.id)
+        if not executions:
+            continue
+        last = max(executions, key=lambda e: e.id)
+        events = [e for e in store.get_events_by_execution_ids([last.id])
+                  if e.type == metadata_store_pb2.Event.OUTPUT]
+        artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+        outputs = []
+        for e in events:
+            a = artifacts[e.artifact_id]
+            key = e.path.steps[0].key if e.path.steps else ""
+            span = a.custom_properties["span"].int_value if "span" in a.custom_properties \
+                else (a.properties["span"].int_value if "span" in a.properties else None)
+            outputs.append((key, types.get(a.type_id, "?"), a.uri, span))
+        records.append((last.id, ComponentRecord(ctx.name[len(pipeline_name) + 1:],
+                                                 _STATE.Name(last.last_known_state), outputs)))
+    return [r for _, r in sorted(records, key=lambda x: x[0])]
+
+
+def format_records(records: List[ComponentRecord], uri_root: Optional[str] = None) -> str:
+    lines = []
+    for r in records:
+        lines.append(f"  {r.component:<22} {r.state}")
+        for key, type_name, uri, span in r.outputs:
+            shown = uri[len(uri_root) + 1:] if uri_root and uri.startswith(uri_root) else uri
+            span_text = f" span {span}" if span is not None else ""
+            lines.append(f"      {key:<20} {type_name:<20}{span_text} {shown}")
+    return "\n".join(lines)

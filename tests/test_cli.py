@@ -1,0 +1,20 @@
+"""Command line: bad input exits non-zero with a message naming the file and line."""
+import pipeline
+from tests.conftest import write
+
+
+def test_bad_input_exits_2_with_file_and_line(tmp_path, capsys):
+    write(tmp_path / "raw" / "interactions.csv", "user_id\titem_id\ttimestamp\nu1\ti1\t5\n")
+    code = pipeline.main(["run", "--data-dir", str(tmp_path / "raw"),
+                          "--pipeline-root", str(tmp_path / "root")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{tmp_path / 'raw' / 'interactions.csv'} line 1: expected comma-separated" in err
+    assert "the line looks TAB-separated" in err
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    code = pipeline.main(["run", "--data-dir", str(tmp_path / "nope"),
+                          "--pipeline-root", str(tmp_path / "root")])
+    assert code == 2
+    assert "not a directory" in capsys.readouterr().err

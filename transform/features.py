@@ -1,0 +1,42 @@
+"""Feature keys of the raw examples and of the Transform output, in one place.
+
+Raw keys match the columns of the prepared Parquet files (``ingest/prepare.py``) and
+the curated schema (``ingest/schema.pbtxt``). Vocabulary file names are part of the
+contract with the Trainer, which reads them through ``TFTransformOutput``.
+"""
+
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+USER_AGE = "user_age"
+USER_GENDER = "user_gender"
+USER_OCCUPATION = "user_occupation"
+ITEM_GENRES = "item_genres"
+ITEM_YEAR = "item_year"
+
+RAW_FEATURES = (USER_ID, ITEM_ID, RATING, TIMESTAMP, USER_AGE, USER_GENDER,
+                USER_OCCUPATION, ITEM_GENRES, ITEM_YEAR)
+USER_FEATURES = (USER_AGE, USER_GENDER, USER_OCCUPATION)
+ITEM_FEATURES = (ITEM_GENRES, ITEM_YEAR)
+
+# Derived time features (computed from TIMESTAMP).
+HOUR_OF_DAY = "hour_of_day"
+DAY_OF_WEEK = "day_of_week"
+TIME_SCALED = "time_scaled"
+
+# Vocabulary files written by Transform; the Trainer maps indices back to raw IDs.
+USER_VOCAB = "user_id_vocab"
+ITEM_VOCAB = "item_id_vocab"
+GENRE_VOCAB = "item_genres_vocab"
+GENDER_VOCAB = "user_gender_vocab"
+OCCUPATION_VOCAB = "user_occupation_vocab"
+
+# Age groups of MovieLens 1M; -1 (unknown) falls below the first boundary, bucket 0.
+AGE_BOUNDARIES = (0.0, 18.0, 25.0, 35.0, 45.0, 50.0, 56.0)
+NUM_AGE_BUCKETS = len(AGE_BOUNDARIES) + 1
+
+
+def transformed_name(key: str) -> str:
+    """Name of the Transform output derived from raw feature ``key``."""
+    return f"{key}_xf"
