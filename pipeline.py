@@ -17,10 +17,12 @@ from typing import List, Optional, Sequence
 from tfx import v1 as tfx
 from tfx.components import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
-from tfx.proto import example_gen_pb2, transform_pb2
+from kfp.pipeline_spec import pipeline_spec_pb2
+from tfx.proto import example_gen_pb2, trainer_pb2, transform_pb2
 
 from components.data_validation_gate.component import DataValidationGate
 from components.parquet_example_gen import Executor as ParquetExecutor
+from trainer.config import TrainerConfig
 from transform.config import TransformConfig
 
 PIPELINE_NAME = "twotower-recommender"
@@ -29,6 +31,7 @@ SCHEMA_FILE = os.path.join(REPO_ROOT, "ingest", "schema.pbtxt")
 
 # Dotted paths the components load at run time; tests import each one.
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
+TRAINER_RUN_FN = "trainer.task.run_fn"
 
 # Beam on the local DirectRunner: one worker process per core.
 LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
@@ -39,6 +42,27 @@ EVAL_PATTERN = "span-{SPAN}/eval/*"
 
 
 @dataclasses.dataclass(frozen=True)
+class Resources:
+    """Container resources of one step on Kubeflow (ignored by LocalDagRunner)."""
+
+    cpu: float
+    memory_gib: float
+    gpu_count: int = 0
+    gpu_type: str = "nvidia.com/gpu"
+
+    def to_platform_config(self):
+        spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+            cpu_limit=self.cpu, memory_limit=self.memory_gib)
+        if self.gpu_count:
+            spec.accelerator.type = self.gpu_type
+            spec.accelerator.count = self.gpu_count
+        return spec
+
+
+TRAINER_RESOURCES = Resources(cpu=8, memory_gib=32, gpu_count=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """Everything that varies between runs of the same pipeline graph."""
 
@@ -46,6 +70,9 @@ class PipelineConfig:
     data_root: str  # prepared data: span-N/{train,eval}/*.parquet
     schema_file: str = SCHEMA_FILE
     transform: TransformConfig = TransformConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    # Kubeflow only: LocalDagRunner rejects container resource specs.
+    trainer_resources: Optional[Resources] = None
     beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
     pipeline_name: str = PIPELINE_NAME
@@ -53,7 +80,7 @@ class PipelineConfig:
 
 def create_pipeline(cfg: PipelineConfig,
                     metadata_connection_config: Optional[object] = None) -> tfx.dsl.Pipeline:
-    """Builds the pipeline: ingestion, validation and Transform."""
+    """Builds the pipeline: ingestion, validation, Transform and Trainer."""
     example_gen = FileBasedExampleGen(
         input_base=cfg.data_root,
         input_config=example_gen_pb2.Input(splits=[
@@ -76,11 +103,23 @@ def create_pipeline(cfg: PipelineConfig,
                                                  transform=["train", "eval"]),
     )
     transform.add_upstream_node(validation_gate)  # no Transform on data with anomalies
+    trainer = tfx.components.Trainer(
+        run_fn=TRAINER_RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=trainer_pb2.TrainArgs(splits=["train"]),
+        eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
+        # The Trainer needs the Transform settings too (vocabulary and bucket sizes).
+        custom_config={**cfg.transform.to_custom_config(), **cfg.trainer.to_custom_config()},
+    )
+    if cfg.trainer_resources is not None:
+        trainer.with_platform_config(cfg.trainer_resources.to_platform_config())
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator,
-                    validation_gate, transform],
+                    validation_gate, transform, trainer],
         enable_cache=cfg.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(cfg.beam_pipeline_args),

@@ -9,6 +9,7 @@ from typing import List, Optional
 from ingest import synthetic
 from ingest.report import InputDataError
 from ingest.split import STRATEGIES, SplitConfig
+from trainer.config import TrainerConfig
 
 DEFAULT_PIPELINE_ROOT = "pipeline_output"
 
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--synthetic-interactions", type=int,
                      default=synthetic.SyntheticConfig.num_interactions)
     run.add_argument("--seed", type=int, default=synthetic.SyntheticConfig.seed)
+    run.add_argument("--epochs", type=int, default=TrainerConfig.epochs,
+                     help="training epochs (default: %(default)s)")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
     return p
 
@@ -54,7 +57,8 @@ def _run(a: argparse.Namespace) -> int:
         synthetic=synthetic.SyntheticConfig(num_interactions=a.synthetic_interactions,
                                             seed=a.seed),
         split=SplitConfig(a.split, a.eval_fraction), beam_pipeline_args=tuple(beam_args),
-        max_bad_fraction=a.max_bad_fraction, enable_cache=not a.no_cache)
+        max_bad_fraction=a.max_bad_fraction, enable_cache=not a.no_cache,
+        trainer=TrainerConfig(epochs=a.epochs))
     local.run(opts)
     return 0
 

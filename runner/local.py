@@ -18,6 +18,7 @@ import pipeline as pipeline_def
 from ingest import prepare as prep
 from ingest import synthetic
 from ingest.split import SplitConfig
+from trainer.config import TrainerConfig
 from runner import mlmd_summary, progress
 
 
@@ -30,6 +31,7 @@ class LocalRunOptions:
     beam_pipeline_args: Sequence[str] = pipeline_def.LOCAL_BEAM_ARGS
     max_bad_fraction: float = 0.01
     enable_cache: bool = True
+    trainer: TrainerConfig = TrainerConfig()
 
 
 def ensure_synthetic_data(raw_root: str, cfg: synthetic.SyntheticConfig, log=print) -> str:
@@ -70,7 +72,7 @@ def run(opts: LocalRunOptions, log=print) -> dict:
     spans = prep.prepare(data_dir, data_root, opts.split, opts.max_bad_fraction, log)
     cfg = pipeline_def.PipelineConfig(pipeline_root=root, data_root=data_root,
                                       beam_pipeline_args=tuple(opts.beam_pipeline_args),
-                                      enable_cache=opts.enable_cache)
+                                      enable_cache=opts.enable_cache, trainer=opts.trainer)
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(root))
     log(f"[pipeline] running {cfg.pipeline_name} with LocalDagRunner; "

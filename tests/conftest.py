@@ -12,3 +12,45 @@ ML100K_DIR = os.environ.get("ML100K_DIR",
 def write(path: pathlib.Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+# A small synthetic run of the whole local pipeline, shared by the e2e tests.
+import glob  # noqa: E402
+
+import pytest  # noqa: E402
+
+SMALL_SYNTHETIC = dict(num_interactions=3_000, seed=3)
+SMALL_TRAINER = dict(epochs=2, batch_size=256, tower_layers=(64,), output_dim=32,
+                     id_embedding_dim=32)
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory):
+    """``(pipeline_root, run summary)`` of one LocalDagRunner run on synthetic data."""
+    from ingest import synthetic
+    from runner import local
+    from trainer.config import TrainerConfig
+    root = str(tmp_path_factory.mktemp("pipeline"))
+    opts = local.LocalRunOptions(pipeline_root=root,
+                                 synthetic=synthetic.SyntheticConfig(**SMALL_SYNTHETIC),
+                                 trainer=TrainerConfig(**SMALL_TRAINER))
+    return root, local.run(opts), opts
+
+
+def component_outputs(root: str, component: str) -> dict:
+    """``{output key: uri}`` of the last execution of ``component`` under ``root``."""
+    import pipeline
+    from runner import local, mlmd_summary
+    from tfx import v1 as tfx
+    conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        local.metadata_path(root))
+    for r in mlmd_summary.last_run_records(conn, pipeline.PIPELINE_NAME):
+        if r.component == component:
+            return {key: uri for key, _, uri, _ in r.outputs}
+    raise KeyError(component)
+
+
+def serving_model_dir(root: str) -> str:
+    model = component_outputs(root, "Trainer")["model"]
+    [path] = glob.glob(f"{model}/Format-Serving")
+    return path

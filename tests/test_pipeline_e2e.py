@@ -8,13 +8,10 @@ from tfx import v1 as tfx
 
 import pipeline
 from components.data_validation_gate.component import DataAnomaliesError
-from ingest import synthetic
 from runner import local, mlmd_summary
 from tests.conftest import write
 
 pytestmark = pytest.mark.e2e
-
-SMALL = synthetic.SyntheticConfig(num_interactions=3_000, seed=3)
 
 
 def _records(root):
@@ -30,17 +27,16 @@ def _count(pattern):
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("pipeline"))
-    summary = local.run(local.LocalRunOptions(pipeline_root=root, synthetic=SMALL))
+def first_run(small_pipeline):
+    root, summary, _ = small_pipeline
     return root, summary
 
 
-def test_runs_through_transform_and_records_in_mlmd(first_run):
+def test_runs_through_trainer_and_records_in_mlmd(first_run):
     root, summary = first_run
     records = _records(root)
     assert set(records) == {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
-                            "ExampleValidator", "DataValidationGate", "Transform"}
+                            "ExampleValidator", "DataValidationGate", "Transform", "Trainer"}
     assert all(r.state == "COMPLETE" for r in records.values())
     outputs = {key: (type_name, uri, span)
                for key, type_name, uri, span in records["FileBasedExampleGen"].outputs}
@@ -65,13 +61,25 @@ def test_every_prepared_row_is_transformed(first_run):
             "day_of_week", "time_scaled", "item_year_xf", "rating_xf"} <= keys
 
 
-def test_second_run_with_unchanged_inputs_is_cached(first_run):
+def test_trainer_recorded_model_and_history(first_run):
     root, _ = first_run
-    local.run(local.LocalRunOptions(pipeline_root=root, synthetic=SMALL))
+    outputs = dict((k, (t, uri)) for k, t, uri, _ in _records(root)["Trainer"].outputs)
+    assert outputs["model"][0] == "Model" and outputs["model_run"][0] == "ModelRun"
+    assert os.path.isfile(os.path.join(outputs["model"][1], "Format-Serving", "saved_model.pb"))
+    import json
+    with open(os.path.join(outputs["model_run"][1], "training_history.json")) as f:
+        history = json.load(f)
+    assert len(history["loss"]) == 2 and history["loss"][-1] < history["loss"][0]
+
+
+def test_second_run_with_unchanged_inputs_is_cached(small_pipeline):
+    root, _, opts = small_pipeline
+    local.run(opts)
     states = {name: r.state for name, r in _records(root).items()}
     assert states["FileBasedExampleGen"] == "CACHED"
     assert states["StatisticsGen"] == "CACHED"
     assert states["Transform"] == "CACHED"
+    assert states["Trainer"] == "CACHED"
 
 
 def test_anomalies_stop_the_run_before_transform(tmp_path):
