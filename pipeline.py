@@ -20,12 +20,16 @@ from tfx.dsl.components.base import executor_spec
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto import example_gen_pb2, trainer_pb2, transform_pb2
 
+from components.compression.component import ModelCompressor
 from components.data_validation_gate.component import DataValidationGate
+from components.retrieval_evaluator.component import RetrievalEvaluator
+from components.retrieval_evaluator.gate import GateConfig
 from components.parquet_example_gen import Executor as ParquetExecutor
 from trainer.config import TrainerConfig
 from transform.config import TransformConfig
 
 PIPELINE_NAME = "twotower-recommender"
+MODEL_NAME = "recommender"  # TensorFlow Serving model name
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_FILE = os.path.join(REPO_ROOT, "ingest", "schema.pbtxt")
 
@@ -71,6 +75,9 @@ class PipelineConfig:
     schema_file: str = SCHEMA_FILE
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
+    gate: GateConfig = GateConfig()
+    serving_dir: str = ""  # Pusher base directory; "" = <pipeline_root>/serving
+    max_compression_recall_drop: float = 0.02
     # Kubeflow only: LocalDagRunner rejects container resource specs.
     trainer_resources: Optional[Resources] = None
     beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
@@ -80,7 +87,8 @@ class PipelineConfig:
 
 def create_pipeline(cfg: PipelineConfig,
                     metadata_connection_config: Optional[object] = None) -> tfx.dsl.Pipeline:
-    """Builds the pipeline: ingestion, validation, Transform and Trainer."""
+    """Builds the whole pipeline: ingestion, validation, Transform, Trainer, the
+    retrieval evaluator gate, compression and the Pusher."""
     example_gen = FileBasedExampleGen(
         input_base=cfg.data_root,
         input_config=example_gen_pb2.Input(splits=[
@@ -115,11 +123,36 @@ def create_pipeline(cfg: PipelineConfig,
     )
     if cfg.trainer_resources is not None:
         trainer.with_platform_config(cfg.trainer_resources.to_platform_config())
+    # The last model the evaluator blessed is the baseline the new one must not regress on.
+    latest_blessed = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+                              producer_component_id="Trainer"),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                       producer_component_id="RetrievalEvaluator"),
+    ).with_id("latest_blessed_model_resolver")
+    evaluator = RetrievalEvaluator(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        baseline_model=latest_blessed.outputs["model"], gate=cfg.gate)
+    compressor = ModelCompressor(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        transformed_examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], gate_k=cfg.gate.k,
+        max_recall_drop=cfg.max_compression_recall_drop, model_name=MODEL_NAME)
+    pusher = tfx.components.Pusher(
+        model=compressor.outputs["compressed_model"],
+        model_blessing=compressor.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=cfg.serving_dir or os.path.join(cfg.pipeline_root, "serving"))))
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator,
-                    validation_gate, transform, trainer],
+                    validation_gate, transform, trainer, latest_blessed, evaluator,
+                    compressor, pusher],
         enable_cache=cfg.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(cfg.beam_pipeline_args),

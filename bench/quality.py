@@ -36,7 +36,7 @@ def _trainer_outputs(root: str):
         local.metadata_path(root))
     for r in mlmd_summary.last_run_records(conn, pipeline.PIPELINE_NAME):
         if r.component == "Trainer":
-            return {key: uri for key, _, uri, _ in r.outputs}
+            return r.uris()
     raise RuntimeError("the run recorded no Trainer execution")
 
 

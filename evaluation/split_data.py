@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -42,21 +42,56 @@ def load_split(span_dir: str) -> SplitMatrices:
     """Reads ``span_dir/{train,eval}/*.parquet`` written by ``ingest.prepare``."""
     tu, ti = _read(os.path.join(span_dir, "train"))
     eu, ei = _read(os.path.join(span_dir, "eval"))
-    item_ids, item_idx = np.unique(ti, return_inverse=True)
-    user_ids = np.unique(np.concatenate([tu, eu]))
-    user_index: Dict[str, int] = {u: i for i, u in enumerate(user_ids)}
+    return build_split(tu, ti, eu, ei)
+
+
+def read_examples(pattern: str, batch_size: int = 65536):
+    """Raw ``user_id`` / ``item_id`` strings from gzip tf.Example files, in batches."""
+    import tensorflow as tf
+    files = tf.io.gfile.glob(pattern)
+    if not files:
+        raise FileNotFoundError(f"no examples match {pattern}")
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.string),
+            "item_id": tf.io.FixedLenFeature([], tf.string)}
+    users, items = [], []
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
+    for batch in ds.map(lambda x: tf.io.parse_example(x, spec)).as_numpy_iterator():
+        users.append(batch["user_id"].astype(object))
+        items.append(batch["item_id"].astype(object))
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, object)  # noqa: E731
+    return cat(users), cat(items)
+
+
+def load_split_from_examples(examples_uri: str,
+                             catalog: Optional[Sequence[str]] = None) -> SplitMatrices:
+    """The same matrices from an ExampleGen ``Examples`` artifact (``Split-train/eval``)."""
+    tu, ti = read_examples(os.path.join(examples_uri, "Split-train", "*"))
+    eu, ei = read_examples(os.path.join(examples_uri, "Split-eval", "*"))
+    decode = lambda a: np.array([x.decode() for x in a], dtype=object)  # noqa: E731
+    return build_split(decode(tu), decode(ti), decode(eu), decode(ei), catalog)
+
+
+def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
+                catalog: Optional[Sequence[str]] = None) -> SplitMatrices:
+    """Matrices over ``catalog`` (default: every item in train) from raw ID arrays."""
+    item_ids = list(catalog) if catalog is not None else sorted(set(ti))
     item_index: Dict[str, int] = {it: i for i, it in enumerate(item_ids)}
+    user_ids = np.unique(np.concatenate([tu, eu])) if len(tu) + len(eu) else np.zeros(0)
+    user_index: Dict[str, int] = {u: i for i, u in enumerate(user_ids)}
     n_u, n_i = len(user_ids), len(item_ids)
-    rows = np.fromiter((user_index[u] for u in tu), np.int64, len(tu))
-    train = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, item_idx)), shape=(n_u, n_i))
-    train.data[:] = 1.0  # repeats count once
-    e_rows = np.fromiter((user_index[u] for u in eu), np.int64, len(eu))
-    e_items = np.fromiter((item_index.get(i, -1) for i in ei), np.int64, len(ei))
-    known = e_items >= 0
-    ev = sp.csr_matrix((np.ones(known.sum(), np.float32), (e_rows[known], e_items[known])),
-                       shape=(n_u, n_i))
-    ev.data[:] = 1.0
+
+    def matrix(users, items):
+        rows = np.fromiter((user_index[u] for u in users), np.int64, len(users))
+        cols = np.fromiter((item_index.get(i, -1) for i in items), np.int64, len(items))
+        known = cols >= 0
+        m = sp.csr_matrix((np.ones(known.sum(), np.float32), (rows[known], cols[known])),
+                          shape=(n_u, n_i))
+        m.data[:] = 1.0  # repeats count once
+        return m, rows[~known]
+
+    train, _ = matrix(tu, ti)
+    ev, cold_rows = matrix(eu, ei)
     ev = ev - ev.multiply(train)  # an eval item the user already had in train is not new
     ev.eliminate_zeros()
-    cold = np.bincount(e_rows[~known], minlength=n_u)
-    return SplitMatrices(list(user_ids), list(item_ids), train.tocsr(), ev.tocsr(), cold)
+    cold = np.bincount(cold_rows, minlength=n_u)
+    return SplitMatrices(list(user_ids), item_ids, train.tocsr(), ev.tocsr(), cold)

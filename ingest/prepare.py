@@ -36,7 +36,7 @@ from ingest.tables import Dataset, Interactions
 
 SPAN_DIR = re.compile(r"^span-(\d+)$")
 SHARD_ROWS = 250_000
-PREPARED_VERSION = 1  # bump when the prepared layout or columns change
+PREPARED_VERSION = 2  # bump when the prepared layout or columns change
 MANIFEST = "manifest.json"
 REPORT = "ingest_report.json"
 
@@ -119,6 +119,10 @@ def _prepare_span(source: str, path: str, fingerprint: str, split: SplitConfig,
     log(f"[ingest] reading {source} as {fmt}")
     ds = read_dataset(source, drops, fmt)
     train_rows, eval_rows = temporal_split(ds.interactions, split)
+    # Rows are written in a fixed random order, not by user: training reads them with a
+    # bounded shuffle buffer, which cannot mix a file sorted by user.
+    rng = np.random.default_rng(0)
+    train_rows, eval_rows = rng.permutation(train_rows), rng.permutation(eval_rows)
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     columns = _feature_columns(ds)

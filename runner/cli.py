@@ -9,6 +9,7 @@ from typing import List, Optional
 from ingest import synthetic
 from ingest.report import InputDataError
 from ingest.split import STRATEGIES, SplitConfig
+from components.retrieval_evaluator.gate import GateConfig
 from trainer.config import TrainerConfig
 
 DEFAULT_PIPELINE_ROOT = "pipeline_output"
@@ -25,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="artifacts, prepared data and ML Metadata (default: %(default)s)")
     run.add_argument("--serving-dir", help="TensorFlow Serving base directory for the Pusher "
                      "(default: <pipeline-root>/serving)")
-    run.add_argument("--min-recall", type=float, help="evaluator's absolute recall floor")
-    run.add_argument("--min-coverage", type=float, help="evaluator's coverage floor")
+    run.add_argument("--min-recall", type=float, help="evaluator's absolute recall@50 floor (default: twice a random ranking's)")
+    run.add_argument("--min-coverage", type=float, help="evaluator's coverage@50 floor (default: twice a single shared list's)")
     run.add_argument("--beam-pipeline-args", default=None,
                      help="Beam options as one string, e.g. \"--runner=FlinkRunner "
                      "--flink_master=host:8081\" (default: DirectRunner, multi-processing)")
@@ -49,16 +50,14 @@ def _run(a: argparse.Namespace) -> int:
     import pipeline as pipeline_def
     beam_args = (shlex.split(a.beam_pipeline_args) if a.beam_pipeline_args is not None
                  else pipeline_def.LOCAL_BEAM_ARGS)
-    if a.min_recall is not None or a.min_coverage is not None or a.serving_dir:
-        print("[pipeline] note: --min-recall, --min-coverage and --serving-dir apply to the "
-              "Evaluator and Pusher, which this version of the pipeline does not run yet")
     opts = local.LocalRunOptions(
         pipeline_root=a.pipeline_root, data_dir=a.data_dir,
         synthetic=synthetic.SyntheticConfig(num_interactions=a.synthetic_interactions,
                                             seed=a.seed),
         split=SplitConfig(a.split, a.eval_fraction), beam_pipeline_args=tuple(beam_args),
         max_bad_fraction=a.max_bad_fraction, enable_cache=not a.no_cache,
-        trainer=TrainerConfig(epochs=a.epochs))
+        trainer=TrainerConfig(epochs=a.epochs), serving_dir=a.serving_dir,
+        gate=GateConfig(min_recall=a.min_recall, min_coverage=a.min_coverage))
     local.run(opts)
     return 0
 

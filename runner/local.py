@@ -19,7 +19,8 @@ from ingest import prepare as prep
 from ingest import synthetic
 from ingest.split import SplitConfig
 from trainer.config import TrainerConfig
-from runner import mlmd_summary, progress
+from components.retrieval_evaluator.gate import GateConfig
+from runner import mlmd_summary, progress, run_summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ class LocalRunOptions:
     max_bad_fraction: float = 0.01
     enable_cache: bool = True
     trainer: TrainerConfig = TrainerConfig()
+    gate: GateConfig = GateConfig()
+    serving_dir: Optional[str] = None  # default <pipeline_root>/serving
+    max_compression_recall_drop: float = 0.02
 
 
 def ensure_synthetic_data(raw_root: str, cfg: synthetic.SyntheticConfig, log=print) -> str:
@@ -72,7 +76,11 @@ def run(opts: LocalRunOptions, log=print) -> dict:
     spans = prep.prepare(data_dir, data_root, opts.split, opts.max_bad_fraction, log)
     cfg = pipeline_def.PipelineConfig(pipeline_root=root, data_root=data_root,
                                       beam_pipeline_args=tuple(opts.beam_pipeline_args),
-                                      enable_cache=opts.enable_cache, trainer=opts.trainer)
+                                      enable_cache=opts.enable_cache, trainer=opts.trainer,
+                                      gate=opts.gate, max_compression_recall_drop=(
+                                          opts.max_compression_recall_drop),
+                                      serving_dir=os.path.abspath(opts.serving_dir)
+                                      if opts.serving_dir else "")
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         metadata_path(root))
     log(f"[pipeline] running {cfg.pipeline_name} with LocalDagRunner; "
@@ -83,7 +91,10 @@ def run(opts: LocalRunOptions, log=print) -> dict:
     seconds = round(time.time() - start, 1)
     log(f"[pipeline] finished in {seconds}s; ML Metadata: {metadata_path(root)}")
     log(mlmd_summary.format_records(records, root))
-    return {"seconds": seconds, "pipeline_root": root, "data_root": data_root,
+    summary = run_summary.build(records)
+    log(f"[pipeline] run summary: {run_summary.write(root, summary)}")
+    log(run_summary.format_summary(summary))
+    return {"run_summary": summary,"seconds": seconds, "pipeline_root": root, "data_root": data_root,
             "span": spans[-1].span, "ingest_report": spans[-1].report,
             "components": {r.component: r.state for r in records},
             "component_seconds": dict(timings.seconds)}

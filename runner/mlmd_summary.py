@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -11,10 +11,30 @@ _STATE = metadata_store_pb2.Execution.State
 
 
 @dataclasses.dataclass
+class Output:
+    key: str
+    type_name: str
+    uri: str
+    span: Optional[int]
+    properties: Dict[str, Any]  # custom properties (int, float or string values)
+
+
+@dataclasses.dataclass
 class ComponentRecord:
     component: str
     state: str  # COMPLETE, CACHED, FAILED, ...
-    outputs: List[tuple]  # (output key, artifact type, uri, span or None)
+    outputs: List[Output]
+
+    def uris(self) -> Dict[str, str]:
+        return {o.key: o.uri for o in self.outputs}
+
+    def output(self, key: str) -> Output:
+        return next(o for o in self.outputs if o.key == key)
+
+
+def _value(v: metadata_store_pb2.Value) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind in ("int_value", "double_value", "string_value") else None
 
 
 def last_run_records(connection_config: metadata_store_pb2.ConnectionConfig,
@@ -39,7 +59,8 @@ def last_run_records(connection_config: metadata_store_pb2.ConnectionConfig,
             key = e.path.steps[0].key if e.path.steps else ""
             span = a.custom_properties["span"].int_value if "span" in a.custom_properties \
                 else (a.properties["span"].int_value if "span" in a.properties else None)
-            outputs.append((key, types.get(a.type_id, "?"), a.uri, span))
+            outputs.append(Output(key, types.get(a.type_id, "?"), a.uri, span,
+                                  {k: _value(v) for k, v in a.custom_properties.items()}))
         records.append((last.id, ComponentRecord(ctx.name[len(pipeline_name) + 1:],
                                                  _STATE.Name(last.last_known_state), outputs)))
     return [r for _, r in sorted(records, key=lambda x: x[0])]
@@ -49,8 +70,9 @@ def format_records(records: List[ComponentRecord], uri_root: Optional[str] = Non
     lines = []
     for r in records:
         lines.append(f"  {r.component:<22} {r.state}")
-        for key, type_name, uri, span in r.outputs:
-            shown = uri[len(uri_root) + 1:] if uri_root and uri.startswith(uri_root) else uri
-            span_text = f" span {span}" if span is not None else ""
-            lines.append(f"      {key:<20} {type_name:<20}{span_text} {shown}")
+        for o in r.outputs:
+            shown = o.uri[len(uri_root) + 1:] if uri_root and o.uri.startswith(uri_root) \
+                else o.uri
+            span_text = f" span {o.span}" if o.span is not None else ""
+            lines.append(f"      {o.key:<24} {o.type_name:<18}{span_text} {shown}")
     return "\n".join(lines)

@@ -36,17 +36,18 @@ def test_runs_through_trainer_and_records_in_mlmd(first_run):
     root, summary = first_run
     records = _records(root)
     assert set(records) == {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
-                            "ExampleValidator", "DataValidationGate", "Transform", "Trainer"}
+                            "ExampleValidator", "DataValidationGate", "Transform", "Trainer",
+                            "latest_blessed_model_resolver", "RetrievalEvaluator",
+                            "ModelCompressor", "Pusher"}
     assert all(r.state == "COMPLETE" for r in records.values())
-    outputs = {key: (type_name, uri, span)
-               for key, type_name, uri, span in records["FileBasedExampleGen"].outputs}
-    assert outputs["examples"][0] == "Examples" and outputs["examples"][2] == 1
+    examples = records["FileBasedExampleGen"].output("examples")
+    assert examples.type_name == "Examples" and examples.span == 1
 
 
 def test_every_prepared_row_is_transformed(first_run):
     root, summary = first_run
     split = summary["ingest_report"]["split"]
-    transform = dict((k, uri) for k, _, uri, _ in _records(root)["Transform"].outputs)
+    transform = _records(root)["Transform"].uris()
     examples = transform["transformed_examples"]
     assert _count(os.path.join(examples, "Split-train", "*")) == split["train_rows"]
     assert _count(os.path.join(examples, "Split-eval", "*")) == split["eval_rows"]
@@ -63,13 +64,14 @@ def test_every_prepared_row_is_transformed(first_run):
 
 def test_trainer_recorded_model_and_history(first_run):
     root, _ = first_run
-    outputs = dict((k, (t, uri)) for k, t, uri, _ in _records(root)["Trainer"].outputs)
-    assert outputs["model"][0] == "Model" and outputs["model_run"][0] == "ModelRun"
-    assert os.path.isfile(os.path.join(outputs["model"][1], "Format-Serving", "saved_model.pb"))
+    trainer = _records(root)["Trainer"]
+    model, run = trainer.output("model"), trainer.output("model_run")
+    assert model.type_name == "Model" and run.type_name == "ModelRun"
+    assert os.path.isfile(os.path.join(model.uri, "Format-Serving", "saved_model.pb"))
     import json
-    with open(os.path.join(outputs["model_run"][1], "training_history.json")) as f:
+    with open(os.path.join(run.uri, "training_history.json")) as f:
         history = json.load(f)
-    assert len(history["loss"]) == 2 and history["loss"][-1] < history["loss"][0]
+    assert len(history["loss"]) == 5 and history["loss"][-1] < history["loss"][0]
 
 
 def test_second_run_with_unchanged_inputs_is_cached(small_pipeline):

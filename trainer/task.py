@@ -17,13 +17,26 @@ from absl import logging
 
 from trainer import data as D
 from trainer.config import TrainerConfig
-from trainer.export import RetrievalModule, embed_catalog
+from trainer.export import RetrievalModule, TransformQueryFeatures, embed_catalog
 from trainer.model import TwoTowerModel, build_towers
 from trainer.strategy import choose_strategy, is_chief, strategy_name
 from transform import features as F
 from transform.config import TransformConfig
 
 HISTORY_FILE = "training_history.json"
+TOWERS_DIR = "towers"  # beside Format-Serving in the Model artifact; read by compression
+TOWERS_SPEC = "spec.json"
+
+
+def save_towers(model_uri: str, query_tower, candidate_tower, sizes: Dict[str, int],
+                cfg: TrainerConfig, xcfg: TransformConfig) -> None:
+    """Keras weights and the settings that rebuild both towers (for fine-tuning)."""
+    directory = os.path.join(model_uri, TOWERS_DIR)
+    tf.io.gfile.makedirs(directory)
+    query_tower.save_weights(os.path.join(directory, "query"))
+    candidate_tower.save_weights(os.path.join(directory, "candidate"))
+    with tf.io.gfile.GFile(os.path.join(directory, TOWERS_SPEC), "w") as f:
+        json.dump({"sizes": sizes, **cfg.to_custom_config(), **xcfg.to_custom_config()}, f)
 
 
 def vocabulary_sizes(tft_output: tft.TFTransformOutput, xcfg: TransformConfig) -> Dict[str, int]:
@@ -92,7 +105,7 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
     module = RetrievalModule(
         query_tower, candidates, tft_output.vocabulary_file_by_name(F.ITEM_VOCAB),
         tft_output.vocabulary_file_by_name(F.USER_VOCAB), catalog.user_features(),
-        catalog.item_counts, tft_output.transform_features_layer(),
+        catalog.item_counts, TransformQueryFeatures(tft_output.transform_features_layer()),
         tft_output.raw_feature_spec(), cfg.top_k)
     chief = is_chief()
     # Every worker saves (the save runs collectives), but only the chief keeps its copy.
@@ -109,6 +122,8 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
         "config": cfg.to_custom_config()["trainer"],
     }
     if chief:
+        save_towers(os.path.dirname(serving_model_dir.rstrip("/")), query_tower,
+                    candidate_tower, sizes, cfg, xcfg)
         tf.io.gfile.makedirs(run_dir)
         with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
             json.dump(summary, f, indent=2)

@@ -1,0 +1,117 @@
+"""Core-ops copies of the serving pieces with int8 weights."""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.data import QUERY_FEATURES
+from transform import features as F
+from components.compression.quantize import (dequantize_kernel, dequantize_rows,
+                                             quantize_columns, quantize_rows)
+
+
+class Int8Index(tf.Module):
+    """Candidate index stored as int8 rows with a float32 scale per item."""
+
+    def __init__(self, embeddings: np.ndarray) -> None:
+        super().__init__(name="int8_index")
+        q, scale = quantize_rows(embeddings)
+        self.q = tf.Variable(q, trainable=False)
+        self.scale = tf.Variable(scale, trainable=False)
+        self.num_items = int(q.shape[0])
+
+    def scores(self, query: tf.Tensor) -> tf.Tensor:
+        # (q . (c_int8 * s)) == (q . c_int8) * s: one matmul, then a per-item scale.
+        raw = tf.matmul(query, tf.cast(self.q, tf.float32), transpose_b=True)
+        return raw * self.scale[tf.newaxis, :]
+
+
+class QuantizedTower(tf.Module):
+    """Forward pass of a trained ``trainer.model.Tower`` with int8 tables and kernels.
+
+    Embedding tables are quantized per row, Dense kernels per output unit; biases stay
+    float32. Output: ``[batch, d]`` unit vectors, like the Keras tower.
+    """
+
+    def __init__(self, tower) -> None:
+        super().__init__(name=f"quantized_{tower.name}")
+        self._categorical = list(tower._categorical)
+        self._dense_inputs = list(tower._dense)
+        self.tables: Dict[str, tuple] = {}
+        for f in self._categorical:
+            q, s = quantize_rows(tower.embeddings[f].embeddings.numpy())
+            self.tables[f] = (tf.Variable(q, trainable=False), tf.Variable(s, trainable=False))
+        self.projections = {}
+        for f in self._dense_inputs:
+            q, s = quantize_columns(tower.projections[f].kernel.numpy())
+            self.projections[f] = (tf.Variable(q, trainable=False),
+                                   tf.Variable(s, trainable=False))
+        dense = [l for l in tower.mlp.layers if isinstance(l, tf.keras.layers.Dense)]
+        self.layers = []
+        for layer in dense:
+            q, s = quantize_columns(layer.kernel.numpy())
+            self.layers.append((tf.Variable(q, trainable=False), tf.Variable(s, trainable=False),
+                                tf.Variable(layer.bias.numpy(), trainable=False)))
+        self._hidden = len(dense) - 1  # ReLU after every layer but the last
+
+    def __call__(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        return self._forward({f: features[f] for f in self._categorical + self._dense_inputs})
+
+    # One stored graph for every signature that calls the tower.
+    @tf.function(reduce_retracing=True)
+    def _forward(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+        # Same order as the Keras tower's concatenation.
+        parts = [dequantize_rows(*self.tables[f], tf.reshape(features[f], [-1]))
+                 for f in self._categorical]
+        parts += [tf.matmul(tf.cast(features[f], tf.float32),
+                            dequantize_kernel(*self.projections[f]))
+                  for f in self._dense_inputs]
+        x = tf.concat(parts, axis=1)
+        for i, (q, s, b) in enumerate(self.layers):
+            x = tf.matmul(x, dequantize_kernel(q, s)) + b
+            if i < self._hidden:
+                x = tf.nn.relu(x)
+        return tf.math.l2_normalize(x, axis=1)
+
+
+def _vocab_table(path: str) -> tf.lookup.StaticHashTable:
+    return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), -1)
+
+
+class LookupQueryFeatures(tf.Module):
+    """The query side of ``transform.preprocessing`` in a few core ops.
+
+    The full Transform graph costs about 220 KB of the SavedModel, more than all of
+    the compressed weights; the query tower needs only four of its outputs. Those are
+    reproduced here from the same vocabulary files and age boundaries, and a test
+    checks them against the Transform graph on the same examples. It assumes one OOV
+    bucket per vocabulary (the default); the compressor keeps the Transform graph
+    otherwise.
+    """
+
+    def __init__(self, vocab_files: Dict[str, str]) -> None:
+        super().__init__(name="lookup_query_features")
+        self.tables = {name: _vocab_table(path) for name, path in vocab_files.items()}
+        self.sizes = {name: int(sum(1 for _ in tf.io.gfile.GFile(path)))
+                      for name, path in vocab_files.items()}
+        self.boundaries = tf.constant(F.AGE_BOUNDARIES, tf.float32)
+
+    def _index(self, name: str, values: tf.Tensor) -> tf.Tensor:
+        idx = self.tables[name].lookup(tf.reshape(values, [-1]))
+        # Unseen values go to the first OOV bucket, right after the vocabulary.
+        return tf.where(idx >= 0, idx, tf.constant(self.sizes[name], tf.int64))
+
+    def __call__(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+        age = tf.cast(tf.reshape(raw[F.USER_AGE], [-1]), tf.float32)
+        age_bucket = tf.reduce_sum(
+            tf.cast(age[:, tf.newaxis] >= self.boundaries[tf.newaxis, :], tf.int64), axis=1)
+        return {
+            QUERY_FEATURES[0]: self._index(F.USER_VOCAB, raw[F.USER_ID]),
+            QUERY_FEATURES[1]: age_bucket,
+            QUERY_FEATURES[2]: self._index(F.GENDER_VOCAB, raw[F.USER_GENDER]),
+            QUERY_FEATURES[3]: self._index(F.OCCUPATION_VOCAB, raw[F.USER_OCCUPATION]),
+        }

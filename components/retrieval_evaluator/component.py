@@ -1,0 +1,155 @@
+"""RetrievalEvaluator: recall, NDCG and coverage at several K, and the blessing gate.
+
+TFMA's Evaluator scores one prediction per example and has no catalog-level metric
+such as coverage; a retrieval model is judged per user over a ranked catalog, with
+the user's train items excluded. This component does that through the model's own
+``recommend_excluding`` signature, in batches of users, and emits a standard
+``ModelBlessing`` (custom property ``blessed``) that the Pusher and
+``LatestBlessedModelStrategy`` understand.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+import tensorflow_transform as tft
+from absl import logging
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.retrieval_evaluator.gate import GateConfig, run_gate
+from evaluation.baselines import evaluate_baseline
+from evaluation.model_eval import evaluate_saved_model
+from evaluation.split_data import load_split_from_examples
+from transform import features as F
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.txt"
+NO_FLOOR = -1.0  # parameter value meaning "use the data-scaled default floor"
+
+
+def serving_dir(model: types.Artifact) -> str:
+    return os.path.join(model.uri, "Format-Serving")
+
+
+def write_blessing(blessing: types.Artifact, blessed: bool, model: types.Artifact) -> None:
+    """Marks a ``ModelBlessing`` the way TFX's Evaluator does (file + custom properties)."""
+    name = "BLESSED" if blessed else "NOT_BLESSED"
+    with open(os.path.join(blessing.uri, name), "w"):
+        pass
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_string_custom_property("current_model", model.uri)
+    blessing.set_int_custom_property("current_model_id", model.id)
+
+
+def format_report(title: str, metrics: Dict[str, Dict[str, float]], checks, blessed: bool,
+                  ks: List[int]) -> str:
+    lines = [title, ""]
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "coverage")]
+    lines.append(f"{'':<16}" + "".join(f"{c:>14}" for c in cols))
+    for name, m in metrics.items():
+        if m is not None:
+            lines.append(f"{name:<16}" + "".join(f"{m.get(c, float('nan')):>14.4f}"
+                                                 for c in cols))
+    lines += ["", "Gate: " + ("BLESSED" if blessed else "NOT BLESSED")]
+    lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.message}" for c in checks]
+    return "\n".join(lines) + "\n"
+
+
+class RetrievalEvaluatorSpec(types.ComponentSpec):
+    PARAMETERS = {
+        "ks": ExecutionParameter(type=str),  # JSON list, e.g. "[10, 20, 50, 100]"
+        "gate_k": ExecutionParameter(type=int),
+        "min_recall": ExecutionParameter(type=float),
+        "min_coverage": ExecutionParameter(type=float),
+        "regression_tolerance": ExecutionParameter(type=float),
+        "batch_size": ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "examples": ChannelParameter(type=standard_artifacts.Examples),
+        "transform_graph": ChannelParameter(type=standard_artifacts.TransformGraph),
+        "baseline_model": ChannelParameter(type=standard_artifacts.Model, optional=True),
+    }
+    OUTPUTS = {
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+        "blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+    }
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+        model = artifact_utils.get_single_instance(input_dict["model"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        graph = artifact_utils.get_single_instance(input_dict["transform_graph"])
+        baseline: Optional[types.Artifact] = (input_dict.get("baseline_model") or [None])[0]
+        evaluation = artifact_utils.get_single_instance(output_dict["evaluation"])
+        blessing = artifact_utils.get_single_instance(output_dict["blessing"])
+
+        ks = sorted(json.loads(exec_properties["ks"]))
+        gate = GateConfig(
+            k=int(exec_properties["gate_k"]),
+            min_recall=None if exec_properties["min_recall"] < 0
+            else float(exec_properties["min_recall"]),
+            min_coverage=None if exec_properties["min_coverage"] < 0
+            else float(exec_properties["min_coverage"]),
+            regression_tolerance=float(exec_properties["regression_tolerance"]))
+        if gate.k not in ks:
+            ks = sorted(set(ks) | {gate.k})
+        batch = int(exec_properties["batch_size"])
+
+        catalog = tft.TFTransformOutput(graph.uri).vocabulary_by_name(F.ITEM_VOCAB)
+        catalog = [x.decode() if isinstance(x, bytes) else x for x in catalog]
+        split = load_split_from_examples(examples.uri, catalog)
+        metrics = {"model": evaluate_saved_model(serving_dir(model), split, ks, batch),
+                   "popularity": evaluate_baseline(split, "popularity", ks)}
+        base_metrics = None
+        if baseline is not None and baseline.uri != model.uri:
+            base_metrics = evaluate_saved_model(serving_dir(baseline), split, ks, batch)
+        metrics["last_blessed"] = base_metrics
+        checks = run_gate(gate, metrics["model"], metrics["popularity"], base_metrics,
+                          len(catalog))
+        blessed = all(c.passed for c in checks)
+
+        result = {
+            "metrics": metrics, "gate_k": gate.k, "ks": ks, "blessed": blessed,
+            "floors": gate.floors(len(catalog)),
+            "checks": [c.__dict__ for c in checks],
+            "catalog_size": len(catalog), "eval_users": metrics["model"]["users"],
+            "model": model.uri, "baseline_model": baseline.uri if baseline else None,
+        }
+        with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
+            json.dump(result, f, indent=2)
+        report = format_report(f"Retrieval evaluation of {model.uri}", metrics, checks,
+                               blessed, [k for k in ks if k in (10, gate.k)])
+        with open(os.path.join(evaluation.uri, REPORT_FILE), "w") as f:
+            f.write(report)
+        write_blessing(blessing, blessed, model)
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            logging.warning("RetrievalEvaluator did NOT bless the model: %s",
+                            "; ".join(f"{c.name}: {c.message}" for c in failed))
+        logging.info("\n%s", report)
+
+
+class RetrievalEvaluator(base_component.BaseComponent):
+    """Gates a two-tower model on recall@K, coverage@K, popularity and the last blessed."""
+
+    SPEC_CLASS = RetrievalEvaluatorSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model, examples, transform_graph, baseline_model=None,
+                 ks=(10, 20, 50, 100), gate: GateConfig = GateConfig(),
+                 batch_size: int = 256):
+        super().__init__(spec=RetrievalEvaluatorSpec(
+            model=model, examples=examples, transform_graph=transform_graph,
+            baseline_model=baseline_model, ks=json.dumps(sorted(ks)), gate_k=gate.k,
+            min_recall=NO_FLOOR if gate.min_recall is None else gate.min_recall,
+            min_coverage=NO_FLOOR if gate.min_coverage is None else gate.min_coverage,
+            regression_tolerance=gate.regression_tolerance, batch_size=batch_size,
+            evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing)))

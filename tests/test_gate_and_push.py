@@ -1,0 +1,88 @@
+"""Evaluator gate, compression and Pusher across successive runs of one pipeline root."""
+import dataclasses
+import hashlib
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from components.retrieval_evaluator.gate import GateConfig
+from runner import local
+from trainer.config import TrainerConfig
+
+pytestmark = pytest.mark.e2e
+
+CONTRACT_KEYS = {"evaluation", "baseline", "blessed", "compression", "pushed",
+                 "pushed_version_dir"}
+
+
+def _tree_digest(directory):
+    """Every file under ``directory`` with its content hash."""
+    out = {}
+    for d, _, files in os.walk(directory):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, directory)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def first(small_pipeline):
+    root, summary, opts = small_pipeline
+    serving = os.path.join(root, "serving")
+    return root, opts, serving, _tree_digest(serving)
+
+
+def test_first_run_blesses_compresses_and_pushes(first):
+    root, _, serving, _ = first
+    with open(os.path.join(root, "run_summary.json")) as f:
+        s = json.load(f)
+    assert CONTRACT_KEYS <= set(s)
+    assert {"recall@10", "recall@50", "ndcg@10", "coverage@10"} <= set(s["evaluation"])
+    assert "recall@50" in s["baseline"]["popularity"]
+    assert s["blessed"] is True and s["gate"]["failed"] == []
+    assert s["evaluation"]["recall@50"] > s["baseline"]["popularity"]["recall@50"]
+    c = s["compression"]
+    assert c["blessed"] and c["size_ratio"] > 2.0 and c["recall_drop_relative"] <= 0.05
+    assert c["method"] and 0.3 < c["sparsity"] <= 0.6
+    assert s["pushed"] is True
+    version = s["pushed_version_dir"]
+    assert os.path.dirname(version) == serving and os.path.basename(version).isdigit()
+    assert os.path.isfile(os.path.join(version, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(version, "variables"))
+    warmup = os.path.join(version, "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(warmup)]
+    assert logs and all(l.predict_log.request.model_spec.signature_name == "serving_default"
+                        for l in logs)
+
+
+def test_impossible_floor_blocks_the_push_and_says_why(first, capsys):
+    root, opts, serving, before = first
+    summary = local.run(dataclasses.replace(opts, gate=GateConfig(min_recall=0.99)))
+    s = summary["run_summary"]
+    assert s["blessed"] is False and s["pushed"] is False and s["pushed_version_dir"] is None
+    [failure] = [m for m in s["gate"]["failed"] if "floor 0.9900" in m]
+    assert failure.startswith("recall@50 ") and "(-0." in failure
+    assert "NOT BLESSED: recall@50" in capsys.readouterr().out
+    assert s["compression"]["blessed"] is False
+    # The version pushed by the first run is still there, byte for byte.
+    assert _tree_digest(serving) == before
+
+
+def test_worse_model_is_refused_against_the_blessed_baseline(first):
+    root, opts, serving, before = first
+    worse = TrainerConfig(**{**dataclasses.asdict(opts.trainer), "epochs": 1,
+                             "logq_correction": False, "learning_rate": 1e-5,
+                             "tower_layers": list(opts.trainer.tower_layers)})
+    summary = local.run(dataclasses.replace(opts, trainer=worse))
+    s = summary["run_summary"]
+    assert "last_blessed" in s["baseline"]
+    regression = [c for c in s["gate"]["checks"] if c["name"] == "no_regression"][0]
+    assert not regression["passed"]
+    assert "vs last blessed" in regression["message"]
+    assert s["blessed"] is False and s["pushed"] is False
+    assert _tree_digest(serving) == before
