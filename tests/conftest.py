@@ -38,11 +38,13 @@ def small_pipeline(tmp_path_factory):
                                  # 400 users make recall@50 noisy: +-3% between two
                                  # equally good models. MovieLens runs use the 2% default.
                                  max_compression_recall_drop=0.05)
-    return root, local.run(opts), opts
+    summary = local.run(opts)
+    # Later tests re-run the pipeline in this root; keep what the first run recorded.
+    summary["records"] = {name: _record(root, name) for name in summary["components"]}
+    return root, summary, opts
 
 
-def component_outputs(root: str, component: str) -> dict:
-    """``{output key: uri}`` of the last execution of ``component`` under ``root``."""
+def _record(root: str, component: str):
     import pipeline
     from runner import local, mlmd_summary
     from tfx import v1 as tfx
@@ -50,11 +52,17 @@ def component_outputs(root: str, component: str) -> dict:
         local.metadata_path(root))
     for r in mlmd_summary.last_run_records(conn, pipeline.PIPELINE_NAME):
         if r.component == component:
-            return r.uris()
+            return r
     raise KeyError(component)
 
 
-def serving_model_dir(root: str) -> str:
-    model = component_outputs(root, "Trainer")["model"]
+def component_outputs(root: str, component: str) -> dict:
+    """``{output key: uri}`` of the last execution of ``component`` under ``root``."""
+    return _record(root, component).uris()
+
+
+def serving_model_dir(summary: dict) -> str:
+    """The Trainer's SavedModel from the first run of ``small_pipeline``."""
+    model = summary["records"]["Trainer"].uris()["model"]
     [path] = glob.glob(f"{model}/Format-Serving")
     return path

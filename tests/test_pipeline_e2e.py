@@ -34,7 +34,7 @@ def first_run(small_pipeline):
 
 def test_runs_through_trainer_and_records_in_mlmd(first_run):
     root, summary = first_run
-    records = _records(root)
+    records = summary["records"]
     assert set(records) == {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
                             "ExampleValidator", "DataValidationGate", "Transform", "Trainer",
                             "latest_blessed_model_resolver", "RetrievalEvaluator",
@@ -47,7 +47,7 @@ def test_runs_through_trainer_and_records_in_mlmd(first_run):
 def test_every_prepared_row_is_transformed(first_run):
     root, summary = first_run
     split = summary["ingest_report"]["split"]
-    transform = _records(root)["Transform"].uris()
+    transform = summary["records"]["Transform"].uris()
     examples = transform["transformed_examples"]
     assert _count(os.path.join(examples, "Split-train", "*")) == split["train_rows"]
     assert _count(os.path.join(examples, "Split-eval", "*")) == split["eval_rows"]
@@ -63,8 +63,8 @@ def test_every_prepared_row_is_transformed(first_run):
 
 
 def test_trainer_recorded_model_and_history(first_run):
-    root, _ = first_run
-    trainer = _records(root)["Trainer"]
+    root, summary = first_run
+    trainer = summary["records"]["Trainer"]
     model, run = trainer.output("model"), trainer.output("model_run")
     assert model.type_name == "Model" and run.type_name == "ModelRun"
     assert os.path.isfile(os.path.join(model.uri, "Format-Serving", "saved_model.pb"))

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 def answers(request, small_pipeline):
     """The Trainer's model and the compressed model the Pusher pushed, both checked."""
     root, summary, _ = small_pipeline
-    model_dir = serving_model_dir(root) if request.param == "trained" else \
+    model_dir = serving_model_dir(summary) if request.param == "trained" else \
         summary["run_summary"]["pushed_version_dir"]
     return query_in_tensorflow_only_process(model_dir, "u0")
 
