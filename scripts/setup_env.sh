@@ -22,7 +22,8 @@ if [ ! -f "$deps_stamp" ]; then
   echo "Building .venv with $($PYTHON --version) (about 4 minutes, 3.4 GB)..."
   rm -rf .venv
   "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "pip==24.3.1"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "pip==24.3.1" \
+    >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
   # --ignore-requires-python: TFX 1.16 declares python<3.11, yet every binary it needs
   # ships cp311 wheels.
   pip_install -e ".[test]"

@@ -55,13 +55,18 @@ class QuantizedTower(tf.Module):
             self.layers.append((tf.Variable(q, trainable=False), tf.Variable(s, trainable=False),
                                 tf.Variable(layer.bias.numpy(), trainable=False)))
         self._hidden = len(dense) - 1  # ReLU after every layer but the last
+        spec = {f: tf.TensorSpec([None], tf.int64) for f in self._categorical}
+        spec.update({f: tf.TensorSpec([None, int(tower.projections[f].kernel.shape[0])],
+                                      tf.float32) for f in self._dense_inputs})
+        # One traced graph, stored once, for every signature that calls the tower.
+        self._forward = tf.function(self._forward_impl, input_signature=[spec])
 
     def __call__(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        return self._forward({f: features[f] for f in self._categorical + self._dense_inputs})
+        inputs = {f: tf.cast(tf.reshape(features[f], [-1]), tf.int64) for f in self._categorical}
+        inputs.update({f: tf.cast(features[f], tf.float32) for f in self._dense_inputs})
+        return self._forward(inputs)
 
-    # One stored graph for every signature that calls the tower.
-    @tf.function(reduce_retracing=True)
-    def _forward(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
+    def _forward_impl(self, features: Dict[str, tf.Tensor]) -> tf.Tensor:
         # Same order as the Keras tower's concatenation.
         parts = [dequantize_rows(*self.tables[f], tf.reshape(features[f], [-1]))
                  for f in self._categorical]
