@@ -200,7 +200,7 @@ class Executor(base_executor.BaseExecutor):
                             callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         _strip(query)
         report["sparsity"] = round(sparsity(query), 4)
-        report["fine_tune_loss"] = [float(x) for x in history.history["loss"]]
+        report["fine_tune_loss"] = [float(x) for x in history.history.get("loss", [])]
         return query, candidate, catalog
 
     @staticmethod
@@ -242,8 +242,8 @@ class ModelCompressor(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model, model_blessing, examples, transformed_examples, transform_graph,
-                 target_sparsity: float = 0.4, fine_tune_epochs: int = 2,
-                 learning_rate: float = 0.0002, gate_k: int = 50,
+                 target_sparsity: float = 0.3, fine_tune_epochs: int = 1,
+                 learning_rate: float = 0.0001, gate_k: int = 50,
                  max_recall_drop: float = 0.02, model_name: str = "recommender"):
         super().__init__(spec=ModelCompressorSpec(
             model=model, model_blessing=model_blessing, examples=examples,
