@@ -28,18 +28,6 @@ KS = (10, 20, 50, 100)
 SHOWN = ("recall@10", "recall@50", "ndcg@10", "coverage@10")
 
 
-def _trainer_outputs(root: str):
-    import pipeline
-    from runner import local, mlmd_summary
-    from tfx import v1 as tfx
-    conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        local.metadata_path(root))
-    for r in mlmd_summary.last_run_records(conn, pipeline.PIPELINE_NAME):
-        if r.component == "Trainer":
-            return r.uris()
-    raise RuntimeError("the run recorded no Trainer execution")
-
-
 def main(argv=None) -> int:
     from ingest import synthetic
     from ingest.split import SplitConfig
@@ -62,7 +50,7 @@ def main(argv=None) -> int:
         pipeline_root=root, data_dir=a.data_dir, split=SplitConfig(a.split),
         synthetic=synthetic.SyntheticConfig(), trainer=trainer_cfg))
     pipeline_seconds = time.time() - start
-    outputs = _trainer_outputs(root)
+    outputs = local.component_record(root, "Trainer").uris()
     with open(os.path.join(outputs["model_run"], "training_history.json")) as f:
         history = json.load(f)
     split = load_split(os.path.join(run["data_root"], f"span-{run['span']}"))

@@ -10,8 +10,8 @@ import tensorflow as tf
 from evaluation.baselines import relevant_lists
 from evaluation.metrics import MetricAccumulator
 from evaluation.split_data import SplitMatrices
+from trainer.export import RECOMMEND_EXCLUDING
 
-RECOMMEND_EXCLUDING = "recommend_excluding"
 
 
 def _exclusion_batch(split: SplitMatrices, rows: np.ndarray) -> np.ndarray:

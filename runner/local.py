@@ -65,6 +65,13 @@ def metadata_path(pipeline_root: str) -> str:
     return os.path.join(pipeline_root, "metadata.sqlite")
 
 
+def component_record(pipeline_root: str, component: str) -> mlmd_summary.ComponentRecord:
+    """What the newest run under ``pipeline_root`` recorded for ``component``."""
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_path(pipeline_root))
+    return mlmd_summary.component_record(connection, pipeline_def.PIPELINE_NAME, component)
+
+
 def run(opts: LocalRunOptions, log=print) -> dict:
     """Runs the whole local pipeline; returns a summary dict."""
     start = time.time()

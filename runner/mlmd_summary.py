@@ -66,6 +66,15 @@ def last_run_records(connection_config: metadata_store_pb2.ConnectionConfig,
     return [r for _, r in sorted(records, key=lambda x: x[0])]
 
 
+def component_record(connection_config: metadata_store_pb2.ConnectionConfig,
+                     pipeline_name: str, component: str) -> ComponentRecord:
+    """The newest execution of one component; KeyError if it never ran."""
+    for r in last_run_records(connection_config, pipeline_name):
+        if r.component == component:
+            return r
+    raise KeyError(f"{component} has no execution in ML Metadata")
+
+
 def format_records(records: List[ComponentRecord], uri_root: Optional[str] = None) -> str:
     lines = []
     for r in records:

@@ -45,15 +45,8 @@ def small_pipeline(tmp_path_factory):
 
 
 def _record(root: str, component: str):
-    import pipeline
-    from runner import local, mlmd_summary
-    from tfx import v1 as tfx
-    conn = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-        local.metadata_path(root))
-    for r in mlmd_summary.last_run_records(conn, pipeline.PIPELINE_NAME):
-        if r.component == component:
-            return r
-    raise KeyError(component)
+    from runner import local
+    return local.component_record(root, component)
 
 
 def component_outputs(root: str, component: str) -> dict:

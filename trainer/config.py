@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
+from transform.config import config_section
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
@@ -51,10 +53,7 @@ class TrainerConfig:
 
     @classmethod
     def from_custom_config(cls, custom_config: Optional[Mapping[str, Any]]) -> "TrainerConfig":
-        values = dict((custom_config or {}).get("trainer", {}))
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown trainer settings: {sorted(unknown)}")
+        values = config_section(cls, custom_config, "trainer")
         if "tower_layers" in values:
             values["tower_layers"] = tuple(int(w) for w in values["tower_layers"])
         return cls(**values)

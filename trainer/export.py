@@ -46,6 +46,13 @@ def _raw_serving_spec(raw_spec: Dict[str, tf.io.FixedLenFeature]) -> dict:
     return spec
 
 
+def vocab_table(path: str) -> tf.lookup.StaticHashTable:
+    """Token -> line number of a Transform vocabulary file (an asset); -1 if absent."""
+    return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), -1)
+
+
 def _smallest_int(values: np.ndarray):
     """Narrowest integer dtype that holds ``values`` (bucket indices are small)."""
     for dtype in (np.int8, np.int16, np.int32):
@@ -102,11 +109,8 @@ class RetrievalModule(tf.Module):
         self.example_features = example_features
         self.k = min(top_k, num_items)
         self.num_users = num_users
-        init = lambda path: tf.lookup.TextFileInitializer(  # noqa: E731
-            path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-            tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
-        self.user_table = tf.lookup.StaticHashTable(init(user_vocab_file), -1)
-        self.item_table = tf.lookup.StaticHashTable(init(item_vocab_file), -1)
+        self.user_table = vocab_table(user_vocab_file)
+        self.item_table = vocab_table(item_vocab_file)
         # Index -> raw item ID from the vocabulary asset (not a second copy in variables).
         self.item_ids = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
             item_vocab_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,

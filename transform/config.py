@@ -5,6 +5,15 @@ import dataclasses
 from typing import Any, Mapping, Optional
 
 
+def config_section(cls, custom_config: Optional[Mapping[str, Any]], key: str) -> dict:
+    """``custom_config[key]`` as keyword arguments of dataclass ``cls``; unknown keys raise."""
+    values = dict((custom_config or {}).get(key, {}))
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {key} settings: {sorted(unknown)}")
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformConfig:
     """Vocabulary and bucketing settings.
@@ -32,8 +41,4 @@ class TransformConfig:
 
     @classmethod
     def from_custom_config(cls, custom_config: Optional[Mapping[str, Any]]) -> "TransformConfig":
-        values = dict((custom_config or {}).get("transform", {}))
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown transform settings: {sorted(unknown)}")
-        return cls(**values)
+        return cls(**config_section(cls, custom_config, "transform"))

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.data import QUERY_FEATURES
+from trainer.export import vocab_table
 from transform import features as F
 from components.compression.quantize import (dequantize_kernel, dequantize_rows,
                                              quantize_columns, quantize_rows)
@@ -81,12 +82,6 @@ class QuantizedTower(tf.Module):
         return tf.math.l2_normalize(x, axis=1)
 
 
-def _vocab_table(path: str) -> tf.lookup.StaticHashTable:
-    return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
-        path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER), -1)
-
-
 class LookupQueryFeatures(tf.Module):
     """The query side of ``transform.preprocessing`` in a few core ops.
 
@@ -100,7 +95,7 @@ class LookupQueryFeatures(tf.Module):
 
     def __init__(self, vocab_files: Dict[str, str]) -> None:
         super().__init__(name="lookup_query_features")
-        self.tables = {name: _vocab_table(path) for name, path in vocab_files.items()}
+        self.tables = {name: vocab_table(path) for name, path in vocab_files.items()}
         self.sizes = {name: int(sum(1 for _ in tf.io.gfile.GFile(path)))
                       for name, path in vocab_files.items()}
         self.boundaries = tf.constant(F.AGE_BOUNDARIES, tf.float32)
