@@ -26,6 +26,7 @@ setup(
         "tensorflow-serving-api==2.16.1",
         "pyarrow==10.0.1",
         "numpy==1.26.4",
+        "matplotlib==3.10.3",
     ],
-    extras_require={"test": ["pytest==8.3.4"]},
+    extras_require={"test": ["pytest==8.3.4", "kubernetes-validate==1.37.0"]},
 )
