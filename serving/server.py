@@ -1,0 +1,233 @@
+"""A local stand-in for ``tensorflow_model_server`` (development and tests only).
+
+    python -m serving.server --model-base-path DIR [--model-name recommender] [--port 8500]
+
+Speaks TensorFlow Serving's gRPC API for what users of this project touch:
+``PredictionService.Predict``, ``PredictionService.GetModelMetadata`` (the
+SignatureDefMap) and ``ModelService.GetModelStatus``. It serves the newest version
+under ``DIR``, polls for new ones, replays their warm-up requests and switches
+without dropping requests in flight. Anything that matters (latency, batching,
+Prometheus metrics) must be checked with the real server; see the README.
+"""
+from __future__ import annotations
+
+import project_env  # noqa: F401  (before TensorFlow)
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+import traceback
+from concurrent import futures
+from typing import Optional, Sequence
+
+import grpc
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
+
+from serving.errors import RequestError, invalid
+from serving.version_manager import VersionManager
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _answer(context, call):
+    """Runs ``call``; a ``RequestError`` becomes its status, anything else INTERNAL."""
+    try:
+        return call()
+    except RequestError as e:
+        context.abort(e.code, e.message)
+    except Exception as e:  # noqa: BLE001 (a bad request must never take the server down)
+        traceback.print_exc(file=sys.stderr)
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference are UNIMPLEMENTED."""
+
+    def __init__(self, manager: VersionManager) -> None:
+        self._manager = manager
+
+    def Predict(self, request, context):
+        return _answer(context, lambda: self._manager.resolve(request.model_spec).predict(
+            request, self._manager.model_name))
+
+    def GetModelMetadata(self, request, context):
+        return _answer(context, lambda: self._metadata(request))
+
+    def _metadata(self, request):
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise invalid(f"Metadata field {field} is not supported")
+        loaded = self._manager.resolve(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = self._manager.model_name
+        response.model_spec.version.value = loaded.version
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in loaded.signature_defs.items():
+            signature_map.signature_def[name].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+        return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus; HandleReloadConfigRequest is UNIMPLEMENTED."""
+
+    def __init__(self, manager: VersionManager) -> None:
+        self._manager = manager
+
+    def GetModelStatus(self, request, context):
+        return _answer(context, lambda: self._status(request))
+
+    def _status(self, request):
+        spec = request.model_spec
+        if not spec.name:
+            raise invalid("Missing ModelSpec name")
+        if spec.name != self._manager.model_name:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"Could not find any versions of model {spec.name}")
+        statuses = self._manager.statuses()
+        if spec.HasField("version"):
+            statuses = [(v, s) for v, s in statuses if v == spec.version.value]
+            if not statuses:
+                raise RequestError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find version {spec.version.value} "
+                                   f"of model {spec.name}")
+        elif not statuses:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"Could not find any versions of model {spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, status in statuses:
+            out = response.model_version_status.add(version=version, state=status.state)
+            if status.error:
+                out.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                out.status.error_message = status.error
+        return response
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    model_base_path: str
+    model_name: str = "recommender"
+    port: int = 8500
+    host: str = "0.0.0.0"
+    num_versions: int = 1
+    poll_seconds: float = 1.0
+    max_workers: int = 16
+    grace_seconds: float = 5.0
+    ssl_cert: Optional[str] = None
+    ssl_key: Optional[str] = None
+
+
+class LocalModelServer:
+    """The gRPC server, its version manager and the polling thread."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.manager = VersionManager(config.model_name, config.model_base_path,
+                                      config.num_versions, log=_log)
+        # so_reuseport=0: a second server on a busy port must fail, not share it.
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+                                 options=[("grpc.so_reuseport", 0)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.manager), self._grpc)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="version-poller",
+                                        daemon=True)
+        self.port: Optional[int] = None
+
+    def start(self) -> int:
+        """Loads the newest version (as TF Serving does before it listens), then listens."""
+        self.manager.poll()
+        if not self.manager.serving_versions:
+            _log(f"[serving] no loadable version of {self.config.model_name} under "
+                 f"{self.config.model_base_path} yet; waiting for one")
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.ssl_cert:
+            with open(self.config.ssl_key, "rb") as k, open(self.config.ssl_cert, "rb") as c:
+                credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
+            self.port = self._grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self._grpc.add_insecure_port(address)
+        self._grpc.start()
+        self._poller.start()
+        versions = ", ".join(map(str, self.manager.serving_versions)) or "none yet"
+        _log(f"[serving] serving model '{self.config.model_name}' version {versions} "
+             f"on port {self.port} (gRPC{', TLS' if self.config.ssl_cert else ''})")
+        return self.port
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.config.poll_seconds):
+            try:
+                self.manager.poll()
+            except Exception:  # noqa: BLE001 (keep polling; the error is printed)
+                traceback.print_exc(file=sys.stderr)
+
+    def stop(self) -> None:
+        """Refuses new requests, lets those in flight finish (up to the grace period)."""
+        self._stop.set()
+        self._grpc.stop(self.config.grace_seconds).wait()
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n")[0])
+    p.add_argument("--model-base-path", required=True,
+                   help="directory holding <integer version>/saved_model.pb")
+    p.add_argument("--model-name", default="recommender")
+    p.add_argument("--port", type=int, default=8500, help="0 picks a free port (printed)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--num-versions", type=int, default=1,
+                   help="serve the newest N versions (TF Serving: latest { num_versions })")
+    p.add_argument("--poll-seconds", type=float, default=1.0,
+                   help="how often to look for new versions (TF Serving: "
+                        "--file_system_poll_wait_seconds, default 1)")
+    p.add_argument("--max-workers", type=int, default=16, help="gRPC handler threads")
+    p.add_argument("--grace-seconds", type=float, default=5.0,
+                   help="on SIGTERM, how long requests in flight may take to finish")
+    p.add_argument("--ssl-cert", help="PEM certificate chain; with --ssl-key, serve TLS")
+    p.add_argument("--ssl-key", help="PEM private key")
+    a = p.parse_args(argv)
+    if bool(a.ssl_cert) != bool(a.ssl_key):
+        p.error("--ssl-cert and --ssl-key go together")
+    if a.num_versions < 1:
+        p.error(f"--num-versions must be >= 1, got {a.num_versions}")
+    return ServerConfig(model_base_path=a.model_base_path, model_name=a.model_name,
+                        port=a.port, host=a.host, num_versions=a.num_versions,
+                        poll_seconds=a.poll_seconds, max_workers=a.max_workers,
+                        grace_seconds=a.grace_seconds, ssl_cert=a.ssl_cert, ssl_key=a.ssl_key)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = _parse_args(argv)
+    server = LocalModelServer(config)
+    try:
+        server.start()
+    except (RuntimeError, OSError) as e:  # port taken, unreadable certificate, ...
+        print(f"error: cannot serve on {config.host}:{config.port}: {e}", file=sys.stderr)
+        return 1
+    stopping = threading.Event()
+
+    def _on_signal(signum, _frame):
+        _log(f"[serving] {signal.Signals(signum).name}: finishing requests in flight "
+             f"(up to {config.grace_seconds:g} s)")
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stopping.wait()
+    server.stop()
+    _log("[serving] stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
