@@ -4,6 +4,9 @@
 points in ``runner/`` work out paths and call it.
 
     python pipeline.py run [--data-dir DIR] [--pipeline-root DIR] ...
+    python pipeline.py compile [--output FILE] [--image IMAGE]
+    python pipeline.py upload --host URL [--pipeline-name NAME]
+    python pipeline.py schedule --host URL --cron "EXPR" [--experiment NAME]
 """
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ import project_env  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow lo
 import dataclasses
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from tfx import v1 as tfx
 from tfx.components import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
+from tfx.orchestration.data_types import RuntimeParameter
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto import example_gen_pb2, trainer_pb2, transform_pb2
 
@@ -71,15 +75,24 @@ class PipelineConfig:
     """Everything that varies between runs of the same pipeline graph."""
 
     pipeline_root: str
-    data_root: str  # prepared data: span-N/{train,eval}/*.parquet
+    data_root: Union[str, RuntimeParameter]  # prepared data: span-N/{train,eval}/*.parquet
     schema_file: str = SCHEMA_FILE
     transform: TransformConfig = TransformConfig()
     trainer: TrainerConfig = TrainerConfig()
     gate: GateConfig = GateConfig()
     serving_dir: str = ""  # Pusher base directory; "" = <pipeline_root>/serving
-    max_compression_recall_drop: float = 0.02
+    max_compression_recall_drop: Union[float, RuntimeParameter] = 0.02
+    # Kubeflow: the Pusher's PushDestination as JSON text, e.g. a RuntimeParameter;
+    # overrides serving_dir (a proto field cannot hold a RuntimeParameter).
+    push_destination: Optional[Union[str, RuntimeParameter]] = None
     # Kubeflow only: LocalDagRunner rejects container resource specs.
     trainer_resources: Optional[Resources] = None
+    # Kubeflow: a Trainer executor class, e.g. runner.tfjob.TFJobTrainerExecutor,
+    # and extra Trainer custom_config entries it reads.
+    trainer_executor: Optional[type] = None
+    trainer_custom_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Compare with the last blessed model (a Resolver; Vertex-only on KFP v2).
+    resolve_baseline: bool = True
     beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
     pipeline_name: str = PIPELINE_NAME
@@ -119,7 +132,10 @@ def create_pipeline(cfg: PipelineConfig,
         train_args=trainer_pb2.TrainArgs(splits=["train"]),
         eval_args=trainer_pb2.EvalArgs(splits=["eval"]),
         # The Trainer needs the Transform settings too (vocabulary and bucket sizes).
-        custom_config={**cfg.transform.to_custom_config(), **cfg.trainer.to_custom_config()},
+        custom_config={**cfg.transform.to_custom_config(), **cfg.trainer.to_custom_config(),
+                       **cfg.trainer_custom_config},
+        custom_executor_spec=(executor_spec.ExecutorClassSpec(cfg.trainer_executor)
+                              if cfg.trainer_executor else None),
     )
     if cfg.trainer_resources is not None:
         trainer.with_platform_config(cfg.trainer_resources.to_platform_config())
@@ -130,11 +146,12 @@ def create_pipeline(cfg: PipelineConfig,
                               producer_component_id="Trainer"),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
                                        producer_component_id="RetrievalEvaluator"),
-    ).with_id("latest_blessed_model_resolver")
+    ).with_id("latest_blessed_model_resolver") if cfg.resolve_baseline else None
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
-        baseline_model=latest_blessed.outputs["model"], gate=cfg.gate)
+        baseline_model=latest_blessed.outputs["model"] if latest_blessed else None,
+        gate=cfg.gate)
     compressor = ModelCompressor(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=example_gen.outputs["examples"],
@@ -144,15 +161,16 @@ def create_pipeline(cfg: PipelineConfig,
     pusher = tfx.components.Pusher(
         model=compressor.outputs["compressed_model"],
         model_blessing=compressor.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
+        push_destination=cfg.push_destination or tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=cfg.serving_dir or os.path.join(cfg.pipeline_root, "serving"))))
+    components = [example_gen, statistics_gen, schema_gen, example_validator,
+                  validation_gate, transform, trainer, latest_blessed, evaluator,
+                  compressor, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator,
-                    validation_gate, transform, trainer, latest_blessed, evaluator,
-                    compressor, pusher],
+        components=[c for c in components if c is not None],
         enable_cache=cfg.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(cfg.beam_pipeline_args),

@@ -12,7 +12,8 @@ setup(
     description="TFX pipeline: ingestion, tf.Transform on Beam, two-tower retrieval, "
     "gating, compression and push to TensorFlow Serving.",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["components*", "trainer*", "transform*", "serving*", "ingest*", "runner*"]),
+    packages=find_packages(include=["components*", "trainer*", "transform*", "serving*", "ingest*", "runner*",
+                                    "evaluation*"]),
     py_modules=["pipeline", "project_env"],
     package_data={"ingest": ["schema.pbtxt"]},
     install_requires=[
