@@ -117,7 +117,9 @@ def _prepare_span(source: str, path: str, fingerprint: str, split: SplitConfig,
     fmt = detect_format(source)
     drops = DropReport(max_bad_fraction=max_bad_fraction)
     log(f"[ingest] reading {source} as {fmt}")
-    ds = read_dataset(source, drops, fmt)
+    ds = read_dataset(source, drops, fmt, log=log)
+    log(f"[ingest] read {drops.rows_read:,} rows in {time.time() - start:.1f}s; splitting "
+        f"and writing Parquet")
     train_rows, eval_rows = temporal_split(ds.interactions, split)
     # Rows are written in a fixed random order, not by user: training reads them with a
     # bounded shuffle buffer, which cannot mix a file sorted by user.

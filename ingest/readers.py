@@ -50,14 +50,18 @@ def detect_format(data_dir: str) -> str:
         + ", ".join(f"{m} ({f})" for f, m in FORMATS.items()))
 
 
-def read_dataset(data_dir: str, report: DropReport, fmt: Optional[str] = None) -> Dataset:
-    """Reads ``data_dir`` in its detected (or the given) format."""
+def read_dataset(data_dir: str, report: DropReport, fmt: Optional[str] = None,
+                 log: Optional[Callable[[str], None]] = None) -> Dataset:
+    """Reads ``data_dir`` in its detected (or the given) format.
+
+    ``log``, if given, receives a progress line every ``PROGRESS_ROWS`` rows.
+    """
     fmt = fmt or detect_format(data_dir)
     reader = {"ml-100k": read_ml100k, "ml-1m": read_ml1m, "ml-latest": read_ml_latest,
               "generic": read_generic}.get(fmt)
     if reader is None:
         raise ValueError(f"unknown format {fmt!r}; known: {sorted(FORMATS)}")
-    return reader(data_dir, report)
+    return reader(data_dir, report, log=log)
 
 
 # --------------------------------------------------------------------------- lines
@@ -97,14 +101,24 @@ def _parse_number(text: str, kind: type) -> Optional[float]:
     return value
 
 
+PROGRESS_ROWS = 1_000_000
+
+
 def _read_interactions(path: str, delimiter: str, columns: Dict[str, int], num_fields: int,
                        report: DropReport, encoding: str = "utf-8",
-                       header: bool = False) -> Interactions:
+                       header: bool = False,
+                       log: Optional[Callable[[str], None]] = None) -> Interactions:
     """Parses one interaction file; ``columns`` maps user/item/rating/timestamp to fields."""
     if not os.path.isfile(path):
         raise InputDataError(f"{path}: file not found")
     if os.path.getsize(path) == 0:
         raise InputDataError(f"{path}: file is empty")
+    fast = _read_clean_interactions(path, delimiter, columns, num_fields, encoding, header)
+    if fast is not None:
+        report.rows_read += len(fast)
+        if log:
+            log(f"[ingest] read {len(fast):,} rows of {os.path.basename(path)} (vectorized)")
+        return drop_duplicates(fast, path, report)
     expected = ", ".join(sorted(columns, key=columns.get))
     users, items, buf = IdCodes(), IdCodes(), ColumnBuffer()
     ui, ii, ri, ti = (columns["user_id"], columns["item_id"], columns.get("rating"),
@@ -117,6 +131,8 @@ def _read_interactions(path: str, delimiter: str, columns: Dict[str, int], num_f
             report.drop("blank line", f"{path} line {line_no}")
             continue
         report.rows_read += 1
+        if log and report.rows_read % PROGRESS_ROWS == 0:
+            log(f"[ingest] read {report.rows_read:,} rows of {os.path.basename(path)}")
         if len(fields) != num_fields:
             if first:  # The very first row decides whether the file is readable at all.
                 raise _wrong_delimiter(path, line_no, raw, delimiter, expected)
@@ -141,6 +157,62 @@ def _read_interactions(path: str, delimiter: str, columns: Dict[str, int], num_f
         raise InputDataError(f"{path}: no data rows" + (" after the header" if header else ""))
     report.check_bad_fraction(path)
     return drop_duplicates(buf.finish(users, items), path, report)
+
+
+def _read_clean_interactions(path: str, delimiter: str, columns: Dict[str, int],
+                             num_fields: int, encoding: str, header: bool
+                             ) -> Optional[Interactions]:
+    """The fast path: the whole file through Arrow's CSV reader, if it is clean.
+
+    Returns None, and the caller falls back to the row-by-row reader (which drops
+    and counts bad rows, or raises naming the line), as soon as anything is off: a
+    row with the wrong number of fields, a blank line, a non-numeric, empty or
+    non-finite rating or timestamp, an empty or space-padded ID, a non-UTF-8 byte.
+    A clean file gives exactly what the row-by-row reader gives (IDs are coded in
+    order of first appearance), at a fraction of the time.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv as pacsv
+    if len(delimiter) != 1 or delimiter == "|" or encoding.lower().replace("-", "") != "utf8":
+        return None
+    names = [f"f{i}" for i in range(num_fields)]
+    ui, ii, ri, ti = (columns["user_id"], columns["item_id"], columns.get("rating"),
+                      columns["timestamp"])
+    types = {names[ui]: pa.string(), names[ii]: pa.string(), names[ti]: pa.int64()}
+    if ri is not None:
+        types[names[ri]] = pa.float64()
+    try:
+        table = pacsv.read_csv(
+            path, read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(header),
+                                                 block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False,
+                                             newlines_in_values=False),
+            convert_options=pacsv.ConvertOptions(column_types=types,
+                                                 include_columns=list(types),
+                                                 strings_can_be_null=False,
+                                                 quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        return None
+    if table.num_rows == 0 or any(table[c].null_count for c in types):
+        return None
+    user, item, ts = table[names[ui]], table[names[ii]], table[names[ti]]
+    for ids in (user, item):
+        if pc.any(pc.equal(pc.utf8_length(ids), 0)).as_py() or \
+                pc.any(pc.not_equal(pc.utf8_trim_whitespace(ids), ids)).as_py():
+            return None
+    if ri is None:
+        rating = np.ones(table.num_rows, np.float32)
+    else:
+        values = table[names[ri]].to_numpy()
+        if not np.isfinite(values).all():
+            return None
+        rating = values.astype(np.float32)
+    user_ids, item_ids = pc.unique(user), pc.unique(item)  # first-appearance order
+    return Interactions(
+        pc.index_in(user, value_set=user_ids).to_numpy().astype(np.int32),
+        pc.index_in(item, value_set=item_ids).to_numpy().astype(np.int32),
+        rating, ts.to_numpy().astype(np.int64), user_ids.to_pylist(), item_ids.to_pylist())
 
 
 def drop_duplicates(data: Interactions, path: str, report: DropReport) -> Interactions:
@@ -212,10 +284,11 @@ def _category(text: str) -> str:
 
 # ------------------------------------------------------------------ MovieLens 100K
 
-def read_ml100k(data_dir: str, report: DropReport) -> Dataset:
+def read_ml100k(data_dir: str, report: DropReport,
+                log: Optional[Callable[[str], None]] = None) -> Dataset:
     path = os.path.join(data_dir, "u.data")
     inter = _read_interactions(path, "\t", {"user_id": 0, "item_id": 1, "rating": 2,
-                                            "timestamp": 3}, 4, report)
+                                            "timestamp": 3}, 4, report, log=log)
 
     def user(f: List[str]) -> Tuple[str, UserFeatures]:
         return f[0].strip(), UserFeatures(_int_or_unknown(f[1], "age"), _category(f[2]),
@@ -257,10 +330,12 @@ def _ml100k_genres(path: str) -> List[str]:
 
 # -------------------------------------------------------------------- MovieLens 1M
 
-def read_ml1m(data_dir: str, report: DropReport) -> Dataset:
+def read_ml1m(data_dir: str, report: DropReport,
+              log: Optional[Callable[[str], None]] = None) -> Dataset:
     path = os.path.join(data_dir, "ratings.dat")
     inter = _read_interactions(path, "::", {"user_id": 0, "item_id": 1, "rating": 2,
-                                            "timestamp": 3}, 4, report, encoding="latin-1")
+                                            "timestamp": 3}, 4, report, encoding="latin-1",
+                               log=log)
 
     def user(f: List[str]) -> Tuple[str, UserFeatures]:
         occ = f[3].strip()
@@ -283,13 +358,14 @@ def read_ml1m(data_dir: str, report: DropReport) -> Dataset:
 
 # ---------------------------------------------------------------- MovieLens latest
 
-def read_ml_latest(data_dir: str, report: DropReport) -> Dataset:
+def read_ml_latest(data_dir: str, report: DropReport,
+                   log: Optional[Callable[[str], None]] = None) -> Dataset:
     path = os.path.join(data_dir, "ratings.csv")
     cols = _header_columns(path, ",", ("userId", "movieId", "rating", "timestamp"), ())
     inter = _read_interactions(
         path, ",", {"user_id": cols["userId"], "item_id": cols["movieId"],
                     "rating": cols["rating"], "timestamp": cols["timestamp"]},
-        len(cols), report, header=True)
+        len(cols), report, header=True, log=log)
 
     def item(f: List[str]) -> Tuple[str, ItemFeatures]:
         genres = tuple(g for g in f[2].split("|") if g and g != "(no genres listed)")
@@ -306,7 +382,8 @@ def read_ml_latest(data_dir: str, report: DropReport) -> Dataset:
 GENERIC_REQUIRED = ("user_id", "item_id", "timestamp")
 
 
-def read_generic(data_dir: str, report: DropReport) -> Dataset:
+def read_generic(data_dir: str, report: DropReport,
+                 log: Optional[Callable[[str], None]] = None) -> Dataset:
     """Reads ``interactions.csv`` (``user_id,item_id[,rating],timestamp`` with a header).
 
     Optional side files: ``users.csv`` with ``user_id`` and any of ``age``, ``gender``,
@@ -316,7 +393,8 @@ def read_generic(data_dir: str, report: DropReport) -> Dataset:
     path = os.path.join(data_dir, "interactions.csv")
     cols = _header_columns(path, ",", GENERIC_REQUIRED, ("rating",))
     inter = _read_interactions(path, ",", {k: cols[k] for k in (*GENERIC_REQUIRED, "rating")
-                                           if k in cols}, len(cols), report, header=True)
+                                           if k in cols}, len(cols), report, header=True,
+                               log=log)
     users_path = os.path.join(data_dir, "users.csv")
     users: Dict[str, object] = {}
     if os.path.isfile(users_path):

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, TextIO
+import time
+from typing import Callable, List, Optional, TextIO
 
 import numpy as np
 
@@ -87,8 +88,12 @@ def _build_world(cfg: SyntheticConfig, rng: np.random.Generator) -> _World:
     return _World(item_topic, pop, topic_items, topic_cdf, np.cumsum(pop))
 
 
-def generate(output_dir: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
-    """Writes the data set to ``output_dir`` and returns a small summary dict."""
+def generate(output_dir: str, cfg: SyntheticConfig = SyntheticConfig(),
+             log: Optional[Callable[[str], None]] = None, log_every: float = 10.0) -> dict:
+    """Writes the data set to ``output_dir`` and returns a small summary dict.
+
+    ``log``, if given, receives a progress line at most every ``log_every`` seconds.
+    """
     os.makedirs(output_dir, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     world = _build_world(cfg, rng)
@@ -106,10 +111,15 @@ def generate(output_dir: str, cfg: SyntheticConfig = SyntheticConfig()) -> dict:
             open(os.path.join(output_dir, "users.csv"), "w") as users:
         inter.write("user_id,item_id,rating,timestamp\n")
         users.write("user_id,age,gender,occupation\n")
+        began = last = time.time()
         for start in range(0, cfg.users, cfg.users_per_chunk):
             stop = min(cfg.users, start + cfg.users_per_chunk)
             written += _write_user_chunk(inter, users, start, stop, counts[start:stop], cfg,
                                          world, rng, topic_age, topic_female, topic_occ)
+            if log and time.time() - last >= log_every and stop < cfg.users:
+                last = time.time()
+                log(f"[data] generated {written:,} interactions ({stop:,}/{cfg.users:,} "
+                    f"users, {written / (last - began):,.0f} rows/s)")
     return {"interactions": written, "users": cfg.users, "items": cfg.items,
             "topics": cfg.num_topics, "seed": cfg.seed}
 

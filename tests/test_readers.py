@@ -137,3 +137,43 @@ def test_bad_feature_rows_fall_back_to_unknown(tmp_path):
     ages = [u.age for u in ds.user_feature_rows()]
     assert ages == [24, -1]
     assert np.array_equal(ds.interactions.rating, [5.0, 4.0])
+
+
+def _read_both(path, monkeypatch):
+    """The vectorized reader's result and the row-by-row reader's, on the same file."""
+    from ingest import readers
+    fast_report = DropReport()
+    fast = read_dataset(path, fast_report).interactions
+    monkeypatch.setattr(readers, "_read_clean_interactions", lambda *args: None)
+    slow_report = DropReport()
+    slow = read_dataset(path, slow_report).interactions
+    return fast, fast_report, slow, slow_report
+
+
+@pytest.mark.parametrize("rating", [True, False])
+def test_vectorized_reader_matches_the_row_reader_on_clean_files(tmp_path, monkeypatch,
+                                                                 rating):
+    rows = ["u2,i9,4,1000", "u1,i9,3.5,999", "u2,i1,5,1001", "u3,i7,1,5", "u2,i9,4,1000"]
+    header = "user_id,item_id,rating,timestamp" if rating else "user_id,item_id,timestamp"
+    if not rating:
+        rows = [",".join(r.split(",")[:2] + r.split(",")[3:]) for r in rows]
+    write(tmp_path / "interactions.csv", "\n".join([header] + rows) + "\n")
+    fast, fast_report, slow, slow_report = _read_both(str(tmp_path), monkeypatch)
+    for column in ("user", "item", "rating", "timestamp"):
+        np.testing.assert_array_equal(getattr(fast, column), getattr(slow, column))
+        assert getattr(fast, column).dtype == getattr(slow, column).dtype
+    assert fast.user_ids == slow.user_ids == ["u2", "u1", "u3"]  # first appearance
+    assert fast.item_ids == slow.item_ids
+    assert fast_report.to_dict() == slow_report.to_dict()  # the duplicate, counted once
+
+
+@pytest.mark.parametrize("bad_row", ["u1,i1,x,5", "u1,i1,4", "u1, i1,4,5", ",i1,4,5",
+                                     "u1,i1,4,5.5", "u1,i1,nan,5", ""])
+def test_vectorized_reader_leaves_dirty_files_to_the_row_reader(tmp_path, bad_row):
+    from ingest import readers
+    lines = ["user_id,item_id,rating,timestamp"] + [f"u{i},i{i},4,{i}" for i in range(300)]
+    write(tmp_path / "interactions.csv", "\n".join(lines[:100] + [bad_row] + lines[100:])
+          + "\n")
+    columns = {"user_id": 0, "item_id": 1, "rating": 2, "timestamp": 3}
+    assert readers._read_clean_interactions(str(tmp_path / "interactions.csv"), ",",
+                                            columns, 4, "utf-8", True) is None
