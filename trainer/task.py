@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -62,6 +62,44 @@ def item_sampling_probability(catalog: D.Catalog, num_buckets: int) -> np.ndarra
     return (counts / max(1, catalog.num_examples)).astype(np.float32)
 
 
+class ProgressLogger(tf.keras.callbacks.Callback):
+    """Prints training progress every ``interval`` seconds and at each epoch's end.
+
+    One line: epoch, step, examples per second since the last line, and the loss.
+    """
+
+    def __init__(self, batch_size: int, steps_per_epoch: Optional[int], epochs: int,
+                 interval: float = 30.0, prefix: str = "[trainer]") -> None:
+        super().__init__()
+        self.batch_size, self.steps_per_epoch, self.epochs = batch_size, steps_per_epoch, epochs
+        self.interval, self.prefix = interval, prefix
+        self._epoch = 0
+        self._mark_time, self._mark_step, self._step = 0.0, 0, 0
+
+    def _line(self, logs: Optional[dict], end: str = "") -> str:
+        now = time.time()
+        rate = (self._step - self._mark_step) * self.batch_size / max(now - self._mark_time,
+                                                                      1e-6)
+        self._mark_time, self._mark_step = now, self._step
+        total = f"/{self.steps_per_epoch}" if self.steps_per_epoch else ""
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()
+                           if k in ("loss", "val_loss"))
+        return (f"{self.prefix} epoch {self._epoch + 1}/{self.epochs}, step {self._step}"
+                f"{total}{end}: {rate:,.0f} examples/s" + (f", {losses}" if losses else ""))
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch, self._step, self._mark_step = epoch, 0, 0
+        self._mark_time = time.time()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._step = batch + 1
+        if time.time() - self._mark_time >= self.interval:
+            print(self._line(logs), flush=True)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        print(self._line(logs, " (epoch done)"), flush=True)
+
+
 def _distributed(ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     # Few input files: shard by element so every worker gets data.
@@ -72,8 +110,15 @@ def _distributed(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str],
                      tft_output: tft.TFTransformOutput, cfg: TrainerConfig,
-                     xcfg: TransformConfig, serving_model_dir: str, run_dir: str) -> dict:
-    """Trains, then writes the SavedModel (chief only) and returns the training history."""
+                     xcfg: TransformConfig, serving_model_dir: str, run_dir: str,
+                     max_steps: Optional[int] = None) -> dict:
+    """Trains, then writes the SavedModel (chief only) and returns the training history.
+
+    ``max_steps``: train for exactly this many batches (one epoch, the input repeated as
+    needed, validation on at most 50 batches) instead of ``cfg.epochs`` full passes.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     tf.keras.utils.set_random_seed(cfg.seed)
     strategy = choose_strategy()
     spec = D.model_feature_spec(tft_output.transformed_feature_spec())
@@ -81,7 +126,9 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
     num_users = tft_output.vocabulary_size_by_name(F.USER_VOCAB)
     num_items = tft_output.vocabulary_size_by_name(F.ITEM_VOCAB)
     genre_width = int(spec[D.CANDIDATE_FEATURES[1]].shape[0])
+    catalog_start = time.time()
     catalog = D.build_catalog(train_patterns, spec, num_users, num_items, genre_width)
+    catalog_seconds = time.time() - catalog_start
     logging.info("catalog: %d users, %d items, %d train examples; strategy %s with %d "
                  "replicas", num_users, num_items, catalog.num_examples,
                  strategy_name(strategy), strategy.num_replicas_in_sync)
@@ -97,9 +144,24 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
                                            min(cfg.shuffle_buffer, catalog.num_examples),
                                            cfg.seed))
     eval_ds = _distributed(D.make_dataset(eval_patterns, spec, batch))
+    epochs, fit_args = cfg.epochs, {}
+    if max_steps is not None:
+        epochs, train_ds = 1, train_ds.repeat()
+        fit_args = {"steps_per_epoch": max_steps, "validation_steps": 50}
+        eval_ds = eval_ds.repeat()
+    steps_per_epoch = max_steps or catalog.num_examples // batch
+    worker = os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("task", {})
+    prefix = f"[trainer worker {worker.get('index', 0)}]" if worker else "[trainer]"
+    print(f"{prefix} {catalog.num_examples:,} train examples, {num_items:,} items, "
+          f"{num_users:,} users; batch {batch}, {steps_per_epoch} steps x {epochs} epochs",
+          flush=True)
     start = time.time()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, verbose=2)
+    history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=0,
+                        callbacks=[ProgressLogger(batch, steps_per_epoch, epochs,
+                                                  prefix=prefix)], **fit_args)
     train_seconds = time.time() - start
+    trained_examples = (max_steps * batch if max_steps is not None
+                        else catalog.num_examples * cfg.epochs)
 
     candidates = embed_catalog(candidate_tower, catalog.item_features())
     module = RetrievalModule(
@@ -116,7 +178,9 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
         "val_loss": [float(x) for x in history.history.get("val_loss", [])],
         "train_seconds": round(train_seconds, 2),
         "train_examples": int(catalog.num_examples),
-        "examples_per_second": round(catalog.num_examples * cfg.epochs / train_seconds, 1),
+        "examples_per_second": round(trained_examples / train_seconds, 1),
+        "trained_examples": int(trained_examples), "batch_size": int(batch),
+        "max_steps": max_steps, "catalog_seconds": round(catalog_seconds, 2),
         "num_users": num_users, "num_items": num_items,
         "replicas": strategy.num_replicas_in_sync, "strategy": strategy_name(strategy),
         "config": cfg.to_custom_config()["trainer"],
@@ -137,8 +201,11 @@ def run_fn(fn_args) -> None:
     cfg = TrainerConfig.from_custom_config(fn_args.custom_config)
     xcfg = TransformConfig.from_custom_config(fn_args.custom_config)
     tft_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    # TrainArgs(num_steps=N) trains for N batches; without it, cfg.epochs full passes.
     summary = train_and_export(fn_args.train_files, fn_args.eval_files, tft_output, cfg, xcfg,
-                               fn_args.serving_model_dir, fn_args.model_run_dir)
-    logging.info("trained %d epochs in %.1fs (%.0f examples/s); final loss %.4f",
-                 cfg.epochs, summary["train_seconds"], summary["examples_per_second"],
+                               fn_args.serving_model_dir, fn_args.model_run_dir,
+                               max_steps=getattr(fn_args, "train_steps", None) or None)
+    logging.info("trained %d examples in %.1fs (%.0f examples/s); final loss %.4f",
+                 summary["trained_examples"], summary["train_seconds"],
+                 summary["examples_per_second"],
                  summary["loss"][-1] if summary["loss"] else float("nan"))

@@ -1,0 +1,79 @@
+"""Console progress: component boundaries, memory sampling, heartbeats, training lines."""
+import logging
+import subprocess
+import sys
+import time
+
+from runner import progress
+
+
+def _record(message, level=logging.INFO):
+    return logging.LogRecord("absl", level, __file__, 1, message, None, None)
+
+
+def test_monitor_samples_children_and_prints_heartbeats():
+    lines = []
+    monitor = progress.StageMonitor(interval=0.05, heartbeat=0.2, log=lines.append).start()
+    try:
+        monitor.begin_stage("Transform", detail=lambda: "12 rows")
+        # A child process holding about 200 MB counts towards the stage's peak.
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import time; b = bytearray(200 << 20); time.sleep(1.5)"])
+        time.sleep(1.2)
+        peak = monitor.end_stage()
+        child.wait()
+    finally:
+        monitor.stop()
+    own = progress.tree_rss_bytes() / progress.MB
+    assert peak > 150 and peak >= own * 0.5, (peak, own)
+    assert monitor.peak_mb["Transform"] == peak
+    assert any(line.startswith("[progress] Transform: still running") and "12 rows" in line
+               for line in lines), lines
+    assert monitor.end_stage() is None  # no stage open
+
+
+def test_filter_prints_boundaries_with_rows_and_peak(capsys):
+    monitor = progress.StageMonitor(interval=10, heartbeat=0)
+    f = progress.ComponentProgressFilter(monitor, rows={"Transform": 5000})
+    assert not f.filter(_record("Component Transform is running."))
+    assert not f.filter(_record("some Beam chatter"))
+    assert not f.filter(_record("Component Transform is finished."))
+    assert f.filter(_record("a real warning", logging.WARNING))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[pipeline] Transform: running (5,000 rows)"
+    assert out[1].startswith("[pipeline] Transform: done in ")
+    assert "5,000 rows" in out[1] and "rows/s" in out[1] and "peak memory" in out[1]
+    assert set(f.seconds) == {"Transform"} and f.peak_mb["Transform"] > 0
+
+
+def test_uninstall_lets_the_next_run_see_the_boundaries(capsys):
+    first = progress.install()
+    progress.uninstall(first)
+    second = progress.install()
+    try:
+        logging.getLogger("absl").info("Component Trainer is running.")
+        logging.getLogger("absl").info("Component Trainer is finished.")
+    finally:
+        progress.uninstall(second)
+    assert "Trainer" in second.seconds and "Trainer" not in first.seconds
+
+
+def test_training_progress_lines(capsys):
+    from trainer.task import ProgressLogger
+    cb = ProgressLogger(batch_size=100, steps_per_epoch=4, epochs=2, interval=0.0)
+    cb.on_epoch_begin(0)
+    cb.on_train_batch_end(0, {"loss": 3.5})
+    cb.on_epoch_end(0, {"loss": 3.0, "val_loss": 3.2})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("[trainer] epoch 1/2, step 1/4: ") and "examples/s" in out[0]
+    assert "loss 3.5000" in out[0]
+    assert "(epoch done)" in out[1] and "val_loss 3.2000" in out[1]
+
+
+def test_synthetic_generation_reports_progress(tmp_path):
+    from ingest import synthetic
+    lines = []
+    cfg = synthetic.SyntheticConfig(num_interactions=20_000, users_per_chunk=100)
+    summary = synthetic.generate(str(tmp_path), cfg, log=lines.append, log_every=0.0)
+    assert lines and all(line.startswith("[data] generated ") for line in lines)
+    assert summary["interactions"] > 0
