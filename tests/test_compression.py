@@ -4,9 +4,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components.compression.component import choose
+from components.compression.distill import DistillationModel, student_config
 from components.compression.quantize import dequantize_rows, quantize_columns, quantize_rows
 from components.compression.serving import Int8Index, LookupQueryFeatures, QuantizedTower
-from tests.test_trainer_model import CFG, QUERY_FEATURES, SIZES, _batch
+from tests.test_trainer_model import CANDIDATE_FEATURES, CFG, QUERY_FEATURES, SIZES, _batch
+from trainer.config import TrainerConfig
 from trainer.export import TransformQueryFeatures, _raw_serving_spec
 from trainer.model import build_towers
 from transform import features as F
@@ -61,3 +64,62 @@ def test_lookup_query_features_equal_the_transform_graph(small_pipeline):
         F.USER_VOCAB, F.GENDER_VOCAB, F.OCCUPATION_VOCAB)})(raw)
     for name in QUERY_FEATURES:
         assert lookup[name].numpy().tolist() == expected[name].numpy().tolist(), name
+
+
+PROB = np.array([0.4, 0.3, 0.2, 0.05, 0.03, 0.01, 0.01], np.float32)
+
+
+def _logits(query, candidate, batch):
+    q = query({f: batch[f] for f in QUERY_FEATURES}).numpy()
+    c = candidate({f: batch[f] for f in CANDIDATE_FEATURES}).numpy()
+    # Same as the Trainer's: q_i . c_j / T - log p(item_j), items 0..3 in this batch.
+    return q @ c.T / CFG.temperature - np.log(PROB[[0, 1, 2, 3]])[None, :]
+
+
+def _log_softmax(x):
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def test_distillation_loss_mixes_labels_and_teacher_distribution():
+    teacher_q, teacher_c = build_towers(SIZES, CFG)
+    student_q, student_c = build_towers(SIZES, CFG)
+    batch = _batch()
+    t, s = _logits(teacher_q, teacher_c, batch), _logits(student_q, student_c, batch)
+    hard = -np.trace(_log_softmax(s))  # labels: each row's own item (the diagonal)
+    soft = -(np.exp(_log_softmax(t)) * _log_softmax(s)).sum()  # teacher's soft targets
+    for alpha in (1.0, 0.0, 0.3):
+        model = DistillationModel(student_q, student_c, teacher_q, teacher_c, CFG, PROB, alpha)
+        assert float(model.compute_loss(batch)) == pytest.approx(
+            alpha * hard + (1 - alpha) * soft, rel=1e-4)
+    # The teacher is frozen: only the student's weights train.
+    assert not teacher_q.trainable and not teacher_c.trainable
+    assert {id(v) for v in model.trainable_variables} == \
+        {id(v) for v in student_q.trainable_variables + student_c.trainable_variables}
+
+
+def test_student_config_divides_widths():
+    teacher = TrainerConfig(id_embedding_dim=64, output_dim=64, tower_layers=(256, 16))
+    student = student_config(teacher, 2)
+    assert (student.id_embedding_dim, student.output_dim, student.tower_layers) == \
+        (32, 32, (128, 8))
+    assert student_config(teacher, 4).tower_layers == (64, 8)  # never narrower than 8
+    assert student.temperature == teacher.temperature and student.epochs == teacher.epochs
+    with pytest.raises(ValueError, match="divisor 1"):
+        student_config(teacher, 1)
+
+
+def _candidate(method, size, drop, within):
+    return {"method": method, "size_bytes": size, "recall_drop_relative": drop,
+            "within_tolerance": within}
+
+
+def test_choose_takes_the_smallest_model_within_tolerance():
+    a = _candidate("pruned", 390, -0.005, True)
+    b = _candidate("student", 280, 0.015, True)
+    c = _candidate("tiny", 150, 0.09, False)
+    assert choose([a, b, c]) is b
+    assert choose([a, c]) is a
+    # None within tolerance: the least damaged one, which the caller will not bless.
+    assert choose([_candidate("x", 100, 0.05, False), c])["method"] == "x"
+    with pytest.raises(ValueError):
+        choose([])

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from components.compression import component as compression
 from components.retrieval_evaluator.gate import GateConfig
 from runner import local
 from trainer.config import TrainerConfig
@@ -48,11 +49,23 @@ def test_first_run_blesses_compresses_and_pushes(first):
     c = s["compression"]
     assert c["blessed"] and c["size_ratio"] > 2.0 and c["recall_drop_relative"] <= 0.05
     assert c["method"] and 0.2 < c["sparsity"] <= 0.4
+    # Every method tried is measured; the pushed one is the smallest within tolerance.
+    original, *tried = c["tried"]
+    assert original["method"] == "original (float32)" and not original["chosen"]
+    assert original["size_bytes"] == c["original_bytes"]
+    assert {t["method"] for t in tried} == {
+        "magnitude-pruning+int8-per-row",
+        "distilled-student(1/2)+magnitude-pruning+int8-per-row"}
+    [chosen] = [t for t in tried if t["chosen"]]
+    assert chosen["method"] == c["method"] and chosen["size_bytes"] == c["compressed_bytes"]
+    assert chosen["size_bytes"] == min(t["size_bytes"] for t in tried
+                                       if t["recall_drop_relative"] <= 0.05)
     assert s["pushed"] is True
     version = s["pushed_version_dir"]
     assert os.path.dirname(version) == serving and os.path.basename(version).isdigit()
     assert os.path.isfile(os.path.join(version, "saved_model.pb"))
     assert os.path.isdir(os.path.join(version, "variables"))
+    assert compression.directory_bytes(version) == c["compressed_bytes"]
     warmup = os.path.join(version, "assets.extra", "tf_serving_warmup_requests")
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(warmup)]

@@ -1,16 +1,20 @@
-"""ModelCompressor: TF-MOT magnitude pruning during a short fine-tune, then int8.
+"""ModelCompressor: TF-MOT pruning, distillation and int8, gated on recall.
 
-1. Rebuilds both towers from the Trainer's weights and fine-tunes them for
-   ``fine_tune_epochs`` with the query tower's Dense layers wrapped in
-   ``tfmot.sparsity.keras.prune_low_magnitude`` (polynomial schedule up to
-   ``target_sparsity``).
-2. Exports the same four signatures with int8 per-row embedding tables, int8
-   per-channel kernels and an int8 candidate index, all dequantized by core ops.
-3. Measures size on disk (plain and gzipped), recall@K and latency per query batch
-   of both models on the evaluator's held-out split, writes ``compression.json``,
-   and blesses the compressed model only if the evaluator blessed the original and
-   the relative recall drop at ``gate_k`` is within ``max_recall_drop``.
+It tries each method below, exports each with the same four signatures (int8
+per-row embedding tables, int8 per-channel kernels and an int8 candidate index,
+dequantized by core ops), measures each on the evaluator's held-out split, and keeps
+the smallest whose relative recall drop at ``gate_k`` is within ``max_recall_drop``:
 
+1. The Trainer's towers, fine-tuned for ``fine_tune_epochs`` with the query tower's
+   Dense layers wrapped in ``tfmot.sparsity.keras.prune_low_magnitude``
+   (polynomial schedule up to ``target_sparsity``), then int8.
+2. With ``student_divisor`` >= 2: a student whose embedding and hidden widths are
+   divided by it, distilled from the Trainer's towers (``distill.py``), then the
+   same pruning fine-tune and int8.
+
+Size on disk (plain and gzipped), recall@K and latency per query batch of every
+candidate go to ``compression.json`` (``tried``). The chosen model is blessed only
+if the evaluator blessed the original and its recall drop is within tolerance.
 Warm-up requests (``assets.extra/tf_serving_warmup_requests``) ship with the model.
 """
 from __future__ import annotations
@@ -18,11 +22,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tensorflow_transform as tft
@@ -33,6 +37,7 @@ from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components.compression.distill import DistillationModel, student_config
 from components.compression.serving import Int8Index, LookupQueryFeatures, QuantizedTower
 from components.compression.warmup import write_warmup_requests
 from components.retrieval_evaluator.component import serving_dir, write_blessing
@@ -48,6 +53,7 @@ from transform.config import TransformConfig
 
 REPORT_FILE = "compression.json"
 METHOD = "magnitude-pruning+int8-per-row"
+ORIGINAL_METHOD = "original (float32)"
 
 
 def directory_bytes(path: str) -> int:
@@ -80,6 +86,70 @@ def sparsity(tower) -> float:
     return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
 
 
+def choose(candidates: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The smallest candidate within the recall tolerance; if none is, the one that
+    lost the least recall (it will not be blessed)."""
+    if not candidates:
+        raise ValueError("no compressed candidates to choose from")
+    within = [c for c in candidates if c["within_tolerance"]]
+    if within:
+        return min(within, key=lambda c: c["size_bytes"])
+    return min(candidates, key=lambda c: c["recall_drop_relative"])
+
+
+class _Teacher:
+    """The Trainer's model, rebuilt from its Keras weights, and its training data."""
+
+    def __init__(self, model_uri: str, spec: dict, feature_spec: dict, train: List[str],
+                 catalog: D.Catalog) -> None:
+        self.model_uri, self.spec, self.feature_spec = model_uri, spec, feature_spec
+        self.train, self.catalog = train, catalog
+        self.cfg = TrainerConfig.from_custom_config(spec)
+        self.xcfg = TransformConfig.from_custom_config(spec)
+        self.item_probability = item_sampling_probability(catalog, spec["sizes"][D.ITEM_ID])
+        self.batch = min(self.cfg.batch_size, max(32, catalog.num_examples // 4))
+        self.steps_per_epoch = max(1, catalog.num_examples // self.batch)
+        sample = next(iter(D.make_dataset(train, feature_spec, 8)))
+        self.query_sample = {f: sample[f] for f in D.QUERY_FEATURES}
+        self.candidate_sample = {f: sample[f] for f in D.CANDIDATE_FEATURES}
+
+    @classmethod
+    def load(cls, model_uri: str, graph: tft.TFTransformOutput, transformed: str) -> "_Teacher":
+        with tf.io.gfile.GFile(os.path.join(model_uri, TOWERS_DIR, TOWERS_SPEC)) as f:
+            spec = json.load(f)
+        feature_spec = D.model_feature_spec(graph.transformed_feature_spec())
+        train = [os.path.join(transformed, "Split-train", "*")]
+        catalog = D.build_catalog(train, feature_spec,
+                                  graph.vocabulary_size_by_name(F.USER_VOCAB),
+                                  graph.vocabulary_size_by_name(F.ITEM_VOCAB),
+                                  int(feature_spec[D.CANDIDATE_FEATURES[1]].shape[0]))
+        return cls(model_uri, spec, feature_spec, train, catalog)
+
+    def build(self, cfg: TrainerConfig):
+        """Fresh, built towers of the teacher's vocabulary sizes and ``cfg``'s widths."""
+        query, candidate = build_towers(self.spec["sizes"], cfg)
+        query(self.query_sample)
+        candidate(self.candidate_sample)
+        return query, candidate
+
+    def towers(self):
+        """A new copy of the teacher's towers with the trained weights."""
+        query, candidate = self.build(self.cfg)
+        query.load_weights(os.path.join(self.model_uri, TOWERS_DIR, "query"))
+        candidate.load_weights(os.path.join(self.model_uri, TOWERS_DIR, "candidate"))
+        return query, candidate
+
+    def model(self, query, candidate) -> TwoTowerModel:
+        """The Trainer's own training model around ``query`` and ``candidate``."""
+        return TwoTowerModel(query, candidate, self.cfg, self.item_probability,
+                             self.catalog.item_features())
+
+    def dataset(self) -> tf.data.Dataset:
+        return D.make_dataset(self.train, self.feature_spec, self.batch,
+                              min(self.cfg.shuffle_buffer, self.catalog.num_examples),
+                              self.cfg.seed)
+
+
 class ModelCompressorSpec(types.ComponentSpec):
     PARAMETERS = {
         "target_sparsity": ExecutionParameter(type=float),
@@ -88,6 +158,9 @@ class ModelCompressorSpec(types.ComponentSpec):
         "gate_k": ExecutionParameter(type=int),
         "max_recall_drop": ExecutionParameter(type=float),
         "model_name": ExecutionParameter(type=str),
+        "student_divisor": ExecutionParameter(type=int),
+        "distill_epochs": ExecutionParameter(type=int),
+        "distill_alpha": ExecutionParameter(type=float),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -111,8 +184,8 @@ class Executor(base_executor.BaseExecutor):
         out_model, blessing = get(output_dict, "compressed_model"), get(output_dict, "blessing")
         report_artifact = get(output_dict, "report")
         gate_k = int(exec_properties["gate_k"])
-        report: Dict[str, Any] = {"method": METHOD, "gate_k": gate_k}
-        export_dir = os.path.join(out_model.uri, "Format-Serving")
+        max_drop = float(exec_properties["max_recall_drop"])
+        report: Dict[str, Any] = {"method": METHOD, "gate_k": gate_k, "max_recall_drop": max_drop}
 
         if original_blessing.get_int_custom_property("blessed") != 1:
             report.update(blessed=False, reason="the evaluator did not bless the original")
@@ -122,36 +195,102 @@ class Executor(base_executor.BaseExecutor):
             return
 
         graph = tft.TFTransformOutput(get(input_dict, "transform_graph").uri)
-        transformed = get(input_dict, "transformed_examples").uri
-        start = time.time()
-        query, candidate, catalog = self._fine_tune(model.uri, graph, transformed,
-                                                    exec_properties, report)
-        report["fine_tune_seconds"] = round(time.time() - start, 1)
+        teacher = _Teacher.load(model.uri, graph, get(input_dict, "transformed_examples").uri)
+        split = self._eval_split(get(input_dict, "examples").uri, graph)
+        ks = sorted({10, gate_k})
+        original = self._measure(serving_dir(model), split, ks, ORIGINAL_METHOD, None)
+        tried = [original]
+        staging = os.path.join(out_model.uri, "candidates")
+        for method, build in self._candidates(teacher, exec_properties):
+            start = time.time()
+            query, candidate, details = build()
+            path = os.path.join(staging, method.replace("+", "_"))
+            self._export(query, candidate, teacher, graph, exec_properties["model_name"], path)
+            entry = self._measure(path, split, ks, method, original)
+            entry.update(details, seconds=round(time.time() - start, 1),
+                         within_tolerance=entry["recall_drop_relative"] <= max_drop, path=path)
+            logging.info("ModelCompressor tried %s: %d bytes (%.2fx), recall@%d drop %.2f%%",
+                         method, entry["size_bytes"], entry["size_ratio"], gate_k,
+                         100 * entry["recall_drop_relative"])
+            tried.append(entry)
+
+        chosen = choose(tried[1:])
+        shutil.move(chosen.pop("path"), os.path.join(out_model.uri, "Format-Serving"))
+        shutil.rmtree(staging, ignore_errors=True)
+        for entry in tried:
+            entry.pop("path", None)
+            entry["chosen"] = entry is chosen
+        report.update(self._summary(original, chosen, gate_k), tried=tried)
+        report["blessed"] = chosen["within_tolerance"]
+        if not report["blessed"]:
+            logging.warning("ModelCompressor did NOT bless: relative recall@%d drop %.2f%% "
+                            "exceeds %.2f%%", gate_k, 100 * chosen["recall_drop_relative"],
+                            100 * max_drop)
+        write_blessing(blessing, report["blessed"], out_model)
+        self._write_report(report_artifact, report)
+        logging.info("ModelCompressor: %s", json.dumps(report))
+
+    def _candidates(self, teacher: "_Teacher", props: Dict[str, Any]):
+        """``(method, build)`` pairs; ``build()`` returns trained, pruned towers."""
+        yield METHOD, lambda: self._prune_fine_tune(*teacher.towers(), teacher, props,
+                                                    teacher.model)
+        divisor = int(props.get("student_divisor", 0))
+        if divisor >= 2:
+            yield f"distilled-student(1/{divisor})+{METHOD}", \
+                lambda: self._distill(teacher, divisor, props)
+
+    def _distill(self, teacher: "_Teacher", divisor: int, props: Dict[str, Any]):
+        cfg = student_config(teacher.cfg, divisor)
+        t_query, t_candidate = teacher.towers()
+        query, candidate = teacher.build(cfg)
+        alpha = float(props.get("distill_alpha", 0.5))
+        make = lambda q, c: DistillationModel(q, c, t_query, t_candidate, cfg,  # noqa: E731
+                                              teacher.item_probability, alpha)
+        epochs = int(props.get("distill_epochs", 0)) or teacher.cfg.epochs
+        model = make(query, candidate)
+        model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate))
+        history = model.fit(teacher.dataset(), epochs=epochs, verbose=2)
+        query, candidate, details = self._prune_fine_tune(query, candidate, teacher, props,
+                                                          make)
+        details.update(distill_epochs=epochs, distill_alpha=alpha,
+                       distill_loss=[float(x) for x in history.history.get("loss", [])],
+                       student={"id_embedding_dim": cfg.id_embedding_dim,
+                                "output_dim": cfg.output_dim,
+                                "tower_layers": list(cfg.tower_layers)})
+        return query, candidate, details
+
+    @staticmethod
+    def _prune_fine_tune(query, candidate, teacher: "_Teacher", props: Dict[str, Any], make):
+        """TF-MOT magnitude pruning of the query tower's Dense layers during a fine-tune;
+        ``make(query, candidate)`` builds the training model around the towers."""
+        epochs = int(props["fine_tune_epochs"])
+        steps = max(1, epochs * teacher.steps_per_epoch)
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=float(props["target_sparsity"]),
+            begin_step=0, end_step=max(1, int(0.8 * steps)), frequency=max(1, steps // 20))
+        _prune(query, schedule)
+        query(teacher.query_sample)  # builds the pruning wrappers
+        model = make(query, candidate)
+        model.compile(optimizer=tf.keras.optimizers.Adam(float(props["learning_rate"])))
+        history = model.fit(teacher.dataset(), epochs=epochs, verbose=2,
+                            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+        _strip(query)
+        return query, candidate, {
+            "sparsity": round(sparsity(query), 4),
+            "fine_tune_loss": [float(x) for x in history.history.get("loss", [])]}
+
+    def _export(self, query, candidate, teacher: "_Teacher", graph: tft.TFTransformOutput,
+                model_name: str, export_dir: str) -> None:
+        catalog = teacher.catalog
         module = RetrievalModule(
             QuantizedTower(query), Int8Index(embed_catalog(candidate, catalog.item_features())),
             graph.vocabulary_file_by_name(F.ITEM_VOCAB),
             graph.vocabulary_file_by_name(F.USER_VOCAB), catalog.user_features(),
-            catalog.item_counts,
-            self._example_features(graph, TransformConfig.from_custom_config(
-                self._spec(model.uri))),
-            graph.raw_feature_spec(),
-            TrainerConfig.from_custom_config(self._spec(model.uri)).top_k)
+            catalog.item_counts, self._example_features(graph, teacher.xcfg),
+            graph.raw_feature_spec(), teacher.cfg.top_k)
         tf.saved_model.save(module, export_dir, signatures=module.signatures())
-        write_warmup_requests(export_dir, exec_properties["model_name"],
+        write_warmup_requests(export_dir, model_name,
                               [u for u in graph.vocabulary_by_name(F.USER_VOCAB)[:8]])
-
-        self._measure(serving_dir(model), export_dir, get(input_dict, "examples").uri, graph,
-                      gate_k, report)
-        drop = report["recall_drop_relative"]
-        report["blessed"] = drop <= float(exec_properties["max_recall_drop"])
-        report["max_recall_drop"] = float(exec_properties["max_recall_drop"])
-        if not report["blessed"]:
-            logging.warning("ModelCompressor did NOT bless: relative recall@%d drop %.2f%% "
-                            "exceeds %.2f%%", gate_k, 100 * drop,
-                            100 * report["max_recall_drop"])
-        write_blessing(blessing, report["blessed"], out_model)
-        self._write_report(report_artifact, report)
-        logging.info("ModelCompressor: %s", json.dumps(report))
 
     @staticmethod
     def _example_features(graph: tft.TFTransformOutput, xcfg: TransformConfig):
@@ -161,73 +300,48 @@ class Executor(base_executor.BaseExecutor):
         return TransformQueryFeatures(graph.transform_features_layer())
 
     @staticmethod
-    def _spec(model_uri: str) -> dict:
-        with tf.io.gfile.GFile(os.path.join(model_uri, TOWERS_DIR, TOWERS_SPEC)) as f:
-            return json.load(f)
-
-    def _fine_tune(self, model_uri: str, graph: tft.TFTransformOutput, transformed: str,
-                   props: Dict[str, Any], report: Dict[str, Any]):
-        spec = self._spec(model_uri)
-        cfg, xcfg = TrainerConfig.from_custom_config(spec), TransformConfig.from_custom_config(spec)
-        feature_spec = D.model_feature_spec(graph.transformed_feature_spec())
-        train = [os.path.join(transformed, "Split-train", "*")]
-        catalog = D.build_catalog(train, feature_spec,
-                                  graph.vocabulary_size_by_name(F.USER_VOCAB),
-                                  graph.vocabulary_size_by_name(F.ITEM_VOCAB),
-                                  int(feature_spec[D.CANDIDATE_FEATURES[1]].shape[0]))
-        query, candidate = build_towers(spec["sizes"], cfg)
-        sample = next(iter(D.make_dataset(train, feature_spec, 8)))
-        query({f: sample[f] for f in D.QUERY_FEATURES})
-        candidate({f: sample[f] for f in D.CANDIDATE_FEATURES})
-        query.load_weights(os.path.join(model_uri, TOWERS_DIR, "query"))
-        candidate.load_weights(os.path.join(model_uri, TOWERS_DIR, "candidate"))
-
-        batch = min(cfg.batch_size, max(32, catalog.num_examples // 4))
-        ds = D.make_dataset(train, feature_spec, batch, min(cfg.shuffle_buffer,
-                                                            catalog.num_examples), cfg.seed)
-        epochs = int(props["fine_tune_epochs"])
-        steps = max(1, epochs * (catalog.num_examples // batch))
-        schedule = tfmot.sparsity.keras.PolynomialDecay(
-            initial_sparsity=0.0, final_sparsity=float(props["target_sparsity"]),
-            begin_step=0, end_step=max(1, int(0.8 * steps)), frequency=max(1, steps // 20))
-        _prune(query, schedule)
-        query({f: sample[f] for f in D.QUERY_FEATURES})  # builds the pruning wrappers
-        model = TwoTowerModel(query, candidate, cfg,
-                              item_sampling_probability(catalog, spec["sizes"][D.ITEM_ID]),
-                              catalog.item_features())
-        model.compile(optimizer=tf.keras.optimizers.Adam(float(props["learning_rate"])))
-        history = model.fit(ds, epochs=epochs, verbose=2,
-                            callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-        _strip(query)
-        report["sparsity"] = round(sparsity(query), 4)
-        report["fine_tune_loss"] = [float(x) for x in history.history.get("loss", [])]
-        return query, candidate, catalog
-
-    @staticmethod
-    def _measure(original: str, compressed: str, examples: str, graph: tft.TFTransformOutput,
-                 k: int, report: Dict[str, Any]) -> None:
+    def _eval_split(examples: str, graph: tft.TFTransformOutput):
         catalog = [x.decode() if isinstance(x, bytes) else x
                    for x in graph.vocabulary_by_name(F.ITEM_VOCAB)]
-        split = load_split_from_examples(examples, catalog)
-        ks = sorted({10, k})
-        before = evaluate_saved_model(original, split, ks)
-        after = evaluate_saved_model(compressed, split, ks)
-        size = {"original_bytes": directory_bytes(original),
-                "compressed_bytes": directory_bytes(compressed),
-                "original_gzip_bytes": gzipped_bytes(original),
-                "compressed_gzip_bytes": gzipped_bytes(compressed)}
-        r0, r1 = before[f"recall@{k}"], after[f"recall@{k}"]
-        report.update(size)
-        report.update({
-            "size_ratio": size["original_bytes"] / size["compressed_bytes"],
-            "gzip_size_ratio": size["original_gzip_bytes"] / size["compressed_gzip_bytes"],
-            f"recall@{k}_original": r0, f"recall@{k}_compressed": r1,
-            "recall@10_original": before["recall@10"],
-            "recall@10_compressed": after["recall@10"],
-            "recall_drop_relative": (r0 - r1) / r0 if r0 else 0.0,
-            "latency_ms_per_batch_original": before["latency_ms_per_batch"],
-            "latency_ms_per_batch_compressed": after["latency_ms_per_batch"],
-        })
+        return load_split_from_examples(examples, catalog)
+
+    @staticmethod
+    def _measure(path: str, split, ks: List[int], method: str,
+                 original: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """Size, recall@K and latency of one SavedModel on the held-out split."""
+        metrics = evaluate_saved_model(path, split, ks)
+        entry = {"method": method, "size_bytes": directory_bytes(path),
+                 "gzip_bytes": gzipped_bytes(path),
+                 "latency_ms_per_batch": metrics["latency_ms_per_batch"],
+                 **{f"recall@{k}": metrics[f"recall@{k}"] for k in ks}}
+        if original is not None:
+            k = max(ks)
+            r0, r1 = original[f"recall@{k}"], entry[f"recall@{k}"]
+            entry["size_ratio"] = original["size_bytes"] / entry["size_bytes"]
+            entry["recall_drop_relative"] = (r0 - r1) / r0 if r0 else 0.0
+        return entry
+
+    @staticmethod
+    def _summary(original: Dict[str, Any], chosen: Dict[str, Any], k: int) -> Dict[str, Any]:
+        """The chosen model against the original, in ``run_summary.json``'s terms."""
+        summary = {
+            "method": chosen["method"],
+            "original_bytes": original["size_bytes"], "compressed_bytes": chosen["size_bytes"],
+            "original_gzip_bytes": original["gzip_bytes"],
+            "compressed_gzip_bytes": chosen["gzip_bytes"],
+            "size_ratio": chosen["size_ratio"],
+            "gzip_size_ratio": original["gzip_bytes"] / chosen["gzip_bytes"],
+            "recall_drop_relative": chosen["recall_drop_relative"],
+            "latency_ms_per_batch_original": original["latency_ms_per_batch"],
+            "latency_ms_per_batch_compressed": chosen["latency_ms_per_batch"],
+        }
+        for key in sorted({10, k}):
+            summary[f"recall@{key}_original"] = original[f"recall@{key}"]
+            summary[f"recall@{key}_compressed"] = chosen[f"recall@{key}"]
+        for key in ("sparsity", "fine_tune_loss", "seconds"):
+            if key in chosen:
+                summary[key] = chosen[key]
+        return summary
 
     @staticmethod
     def _write_report(artifact: types.Artifact, report: Dict[str, Any]) -> None:
@@ -244,13 +358,16 @@ class ModelCompressor(base_component.BaseComponent):
     def __init__(self, model, model_blessing, examples, transformed_examples, transform_graph,
                  target_sparsity: float = 0.3, fine_tune_epochs: int = 1,
                  learning_rate: float = 0.0001, gate_k: int = 50,
-                 max_recall_drop: float = 0.02, model_name: str = "recommender"):
+                 max_recall_drop: float = 0.02, model_name: str = "recommender",
+                 student_divisor: int = 2, distill_epochs: int = 0,
+                 distill_alpha: float = 0.5):
         super().__init__(spec=ModelCompressorSpec(
             model=model, model_blessing=model_blessing, examples=examples,
             transformed_examples=transformed_examples, transform_graph=transform_graph,
             target_sparsity=target_sparsity, fine_tune_epochs=fine_tune_epochs,
             learning_rate=learning_rate, gate_k=gate_k, max_recall_drop=max_recall_drop,
-            model_name=model_name,
+            model_name=model_name, student_divisor=student_divisor,
+            distill_epochs=distill_epochs, distill_alpha=distill_alpha,
             compressed_model=types.Channel(type=standard_artifacts.Model),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             report=types.Channel(type=standard_artifacts.ModelEvaluation)))
