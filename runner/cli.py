@@ -94,8 +94,8 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
                    help="Beam runner of ExampleGen, StatisticsGen and Transform "
                    "(default: %(default)s)")
     p.add_argument("--beam-pipeline-args", default="",
-                   help="extra Beam options as one string, e.g. "
-                   "\"--job_endpoint=flink-jobserver:8099\"")
+                   help="extra Beam options as one string; write it with '=', e.g. "
+                   "--beam-pipeline-args=\"--job_endpoint=flink-jobserver:8099\"")
     p.add_argument("--trainer-cpu", type=float, default=pipeline_resources().cpu)
     p.add_argument("--trainer-memory-gib", type=float,
                    default=pipeline_resources().memory_gib)
