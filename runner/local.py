@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from tfx import v1 as tfx
 
@@ -36,6 +36,7 @@ class LocalRunOptions:
     gate: GateConfig = GateConfig()
     serving_dir: Optional[str] = None  # default <pipeline_root>/serving
     max_compression_recall_drop: float = 0.02
+    write_report: bool = True  # <pipeline_root>/report.html after the run
 
 
 def ensure_synthetic_data(raw_root: str, cfg: synthetic.SyntheticConfig, log=print) -> str:
@@ -47,7 +48,7 @@ def ensure_synthetic_data(raw_root: str, cfg: synthetic.SyntheticConfig, log=pri
         log(f"[data] generating synthetic data ({cfg.num_interactions} interactions, "
             f"seed {cfg.seed}) -> {directory}")
         tmp = directory + ".tmp"
-        summary = synthetic.generate(tmp, cfg)
+        summary = synthetic.generate(tmp, cfg, log=log)
         with open(os.path.join(tmp, "_GENERATED.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(cfg), "summary": summary}, f, indent=2)
         os.replace(tmp, directory)
@@ -77,10 +78,30 @@ def run(opts: LocalRunOptions, log=print) -> dict:
     start = time.time()
     root = os.path.abspath(opts.pipeline_root)
     os.makedirs(root, exist_ok=True)
-    data_dir = opts.data_dir or ensure_synthetic_data(os.path.join(root, "raw"),
-                                                      opts.synthetic, log)
+    monitor = progress.StageMonitor(log=log).start()
+    try:
+        return _run(opts, root, start, monitor, log)
+    finally:
+        monitor.stop()
+
+
+def _run(opts: LocalRunOptions, root: str, start: float, monitor: progress.StageMonitor,
+         log) -> dict:
+    stage_seconds: Dict[str, float] = {}
+    t = time.time()
+    if not opts.data_dir:
+        monitor.begin_stage("synthetic data")
+        data_dir = ensure_synthetic_data(os.path.join(root, "raw"), opts.synthetic, log)
+        monitor.end_stage()
+        stage_seconds["synthetic data"] = round(time.time() - t, 1)
+    else:
+        data_dir = opts.data_dir
     data_root = prepared_root(root, data_dir)
+    t = time.time()
+    monitor.begin_stage("prepare")
     spans = prep.prepare(data_dir, data_root, opts.split, opts.max_bad_fraction, log)
+    monitor.end_stage()
+    stage_seconds["prepare"] = round(time.time() - t, 1)
     cfg = pipeline_def.PipelineConfig(pipeline_root=root, data_root=data_root,
                                       beam_pipeline_args=tuple(opts.beam_pipeline_args),
                                       enable_cache=opts.enable_cache, trainer=opts.trainer,
@@ -92,16 +113,49 @@ def run(opts: LocalRunOptions, log=print) -> dict:
         metadata_path(root))
     log(f"[pipeline] running {cfg.pipeline_name} with LocalDagRunner; "
         f"root {root}; Beam args {' '.join(cfg.beam_pipeline_args)}")
-    timings = progress.install()
-    tfx.orchestration.LocalDagRunner().run(pipeline_def.create_pipeline(cfg, connection))
+    split = spans[-1].report["split"]
+    rows = split["train_rows"] + split["eval_rows"]
+    timings = progress.install(monitor, rows={"FileBasedExampleGen": rows,
+                                              "StatisticsGen": rows, "Transform": rows})
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline_def.create_pipeline(cfg, connection))
+    finally:
+        progress.uninstall(timings)
     records = mlmd_summary.last_run_records(connection, cfg.pipeline_name)
     seconds = round(time.time() - start, 1)
     log(f"[pipeline] finished in {seconds}s; ML Metadata: {metadata_path(root)}")
     log(mlmd_summary.format_records(records, root))
     summary = run_summary.build(records)
+    summary["timings"] = run_summary.timings(stage_seconds, timings.seconds, {
+        **{k: v for k, v in monitor.peak_mb.items() if k in stage_seconds}, **timings.peak_mb})
+    span_dir = os.path.join(data_root, f"span-{spans[-1].span}")
+    summary["prepared_span_dir"] = span_dir
     log(f"[pipeline] run summary: {run_summary.write(root, summary)}")
     log(run_summary.format_summary(summary))
-    return {"run_summary": summary,"seconds": seconds, "pipeline_root": root, "data_root": data_root,
-            "span": spans[-1].span, "ingest_report": spans[-1].report,
+    report = write_run_report(root, records, span_dir, summary, log) if opts.write_report \
+        else None
+    return {"run_summary": summary, "seconds": seconds, "pipeline_root": root,
+            "data_root": data_root, "span": spans[-1].span, "ingest_report": spans[-1].report,
             "components": {r.component: r.state for r in records},
-            "component_seconds": dict(timings.seconds)}
+            "component_seconds": dict(timings.seconds), "component_peak_mb": timings.peak_mb,
+            "stage_seconds": stage_seconds, "report": report}
+
+
+def write_run_report(root: str, records, span_dir: str, summary: dict, log=print
+                     ) -> Optional[str]:
+    """Writes ``<root>/report.html``; a failure is logged, never raised (the run is done)."""
+    t = time.time()
+    try:
+        from evaluation import report
+        inputs = report.collect(root, {r.component: r.uris() for r in records}, span_dir,
+                                summary["timings"]["component_seconds"],
+                                summary["timings"]["peak_memory_mb"], summary, log=log)
+        path = report.write_report(inputs)
+    except Exception as e:  # noqa: BLE001  (the report is optional; the run succeeded)
+        log(f"[report] WARNING: could not write the report: {type(e).__name__}: {e}")
+        stale = os.path.join(root, "report.html")
+        if os.path.isfile(stale):
+            log(f"[report] WARNING: {stale} is from an earlier run")
+        return None
+    log(f"[report] {path} ({time.time() - t:.1f}s)")
+    return path

@@ -42,6 +42,18 @@ def build(records: List[ComponentRecord]) -> dict:
     }
 
 
+def timings(stage_seconds: Dict[str, float], component_seconds: Dict[str, float],
+            peak_mb: Dict[str, float]) -> dict:
+    """Wall time of the steps before the pipeline and of every component, and peak memory.
+
+    ``component_seconds`` lists the pre-pipeline steps (synthetic data, prepare) first.
+    ``peak_memory_mb`` is the sampled RSS high-water mark of the run's process plus its
+    children (Beam workers) while each step ran.
+    """
+    return {"component_seconds": {**stage_seconds, **component_seconds},
+            "peak_memory_mb": dict(peak_mb)}
+
+
 def write(pipeline_root: str, summary: dict) -> str:
     path = os.path.join(pipeline_root, SUMMARY_FILE)
     with open(path, "w") as f:
