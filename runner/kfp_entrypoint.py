@@ -161,15 +161,28 @@ def repair_executor_input(executor_input: pb.ExecutorInput,
     return remote_of
 
 
-def restore_remote_uris(output_file: str, remote_of: Mapping[str, str]) -> None:
-    """Rewrites the executor output's local artifact paths back to remote URIs."""
-    if not remote_of or not os.path.exists(output_file):
-        return
+def _read_output(output_file: str) -> Optional[pb.ExecutorOutput]:
+    if not os.path.exists(output_file):
+        return None
     with open(output_file) as f:
-        output = json_format.Parse(f.read(), pb.ExecutorOutput())
-    for artifact_list in output.artifacts.values():
-        for artifact in artifact_list.artifacts:
+        return json_format.Parse(f.read(), pb.ExecutorOutput(), ignore_unknown_fields=True)
+
+
+def restore_remote_uris(output_file: str, remote_of: Mapping[str, str],
+                        driver_output: Optional[pb.ExecutorOutput] = None) -> None:
+    """Rewrites the executor output's local artifact paths back to remote URIs and
+    keeps the driver's artifact metadata (ExampleGen's span and version)."""
+    output = _read_output(output_file)
+    if output is None:
+        return
+    for key, artifact_list in output.artifacts.items():
+        for i, artifact in enumerate(artifact_list.artifacts):
             artifact.uri = remote_of.get(artifact.uri, artifact.uri)
+            if driver_output is not None and key in driver_output.artifacts and \
+                    i < len(driver_output.artifacts[key].artifacts):
+                for k, v in driver_output.artifacts[key].artifacts[i].metadata.items():
+                    if k not in artifact.metadata:
+                        artifact.metadata[k] = v
     with open(output_file, "w") as f:
         f.write(json_format.MessageToJson(output, sort_keys=True))
 
@@ -214,12 +227,15 @@ def run(argv: List[str]) -> None:
                                             pb.ComponentInputsSpec())
         logging.info("resolving the ExampleGen span (the launcher runs no preCacheCheck)")
         driver._run_driver(executor_input, inputs_spec)  # pylint: disable=protected-access
+        driver_output = _read_output(executor_input.outputs.output_file)
+    else:
+        driver_output = None
     tfx_args = argparse.Namespace(
         executor_class_path=args.executor_class_path,
         json_serialized_invocation_args=json_format.MessageToJson(executor_input),
         json_serialized_inputs_spec_args=args.json_serialized_inputs_spec_args)
     tfx_entry._run_executor(tfx_args, beam_args)  # pylint: disable=protected-access
-    restore_remote_uris(executor_input.outputs.output_file, remote_of)
+    restore_remote_uris(executor_input.outputs.output_file, remote_of, driver_output)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
