@@ -169,16 +169,22 @@ def direct_caller(model_dir: str) -> Callable[[], Callable[[str], None]]:
     return make
 
 
-def grpc_caller(address: str, timeout: float) -> Callable[[], Callable[[str], None]]:
+def grpc_caller(address: str, timeout: float,
+                users: Sequence[str]) -> Callable[[], Callable[[str], None]]:
+    """Round trips only: requests are built before the clock starts."""
+    requests = {}
+    for user in set(users):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "recommender"
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["user_id"].CopyFrom(tf.make_tensor_proto([user], dtype=tf.string))
+        requests[user] = request
+
     def make():
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
 
         def call(user: str) -> None:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "recommender"
-            request.model_spec.signature_name = "serving_default"
-            request.inputs["user_id"].CopyFrom(tf.make_tensor_proto([user], dtype=tf.string))
-            stub.Predict(request, timeout=timeout)
+            stub.Predict(requests[user], timeout=timeout)
         return call
     return make
 
@@ -194,9 +200,16 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per level")
     p.add_argument("--warmup-seconds", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=30.0, help="deadline per request")
+    p.add_argument("--intra-op-parallelism", type=int, default=0,
+                   help="TensorFlow threads per op, in the server and the direct calls alike")
+    p.add_argument("--inter-op-parallelism", type=int, default=0)
     p.add_argument("--output", help="write the figures as JSON here")
     a = p.parse_args(argv)
     levels = [int(c) for c in a.concurrency.split(",")]
+    if a.intra_op_parallelism:
+        tf.config.threading.set_intra_op_parallelism_threads(a.intra_op_parallelism)
+    if a.inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(a.inter_op_parallelism)
 
     if a.synthetic_items:
         model_dir = build_synthetic(a.synthetic_items,
@@ -213,6 +226,8 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
 
     results = {"model": label, "model_dir": model_dir, "cpus": os.cpu_count(),
+               "intra_op_parallelism": a.intra_op_parallelism,
+               "inter_op_parallelism": a.inter_op_parallelism,
                "seconds_per_level": a.seconds, "direct": {}, "served": {}, "overhead": {}}
     print(f"[bench] {label}: direct in-process calls", flush=True)
     direct = direct_caller(model_dir)
@@ -225,11 +240,12 @@ def main(argv=None) -> int:
     link = os.path.join(base, "1")
     if not os.path.exists(link):
         os.symlink(model_dir, link)
-    server = ServerProcess(base)
+    server = ServerProcess(base, ["--intra-op-parallelism", str(a.intra_op_parallelism),
+                                  "--inter-op-parallelism", str(a.inter_op_parallelism)])
     try:
         print(f"[bench] served by serving.server on {server.address}", flush=True)
         for c in levels:
-            results["served"][str(c)] = run_level(grpc_caller(server.address, a.timeout),
+            results["served"][str(c)] = run_level(grpc_caller(server.address, a.timeout, users),
                                                   users, c, a.seconds, a.warmup_seconds)
             _print("served", c, results["served"][str(c)])
     finally:

@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from serving.errors import RequestError, failed_precondition, invalid
+from serving.tensors import to_ndarray, to_tensor_proto
 
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -84,7 +85,7 @@ class LoadedVersion:
         response.model_spec.signature_name = name
         response.model_spec.version.value = self.version
         for alias in aliases:
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
+            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias].numpy()))
         return response
 
     @staticmethod
@@ -104,7 +105,7 @@ class LoadedVersion:
                 raise invalid(f"input '{key}' of signature '{name}' must be "
                               f"{_dtype_name(info.dtype)}, got {_dtype_name(proto.dtype)}")
             try:
-                array = tf.make_ndarray(proto)
+                array = to_ndarray(proto)
             except (ValueError, TypeError, IndexError) as e:
                 raise invalid(f"input '{key}': malformed TensorProto: {e}") from e
             expected_shape = _shape_of(info)

@@ -23,6 +23,7 @@ from concurrent import futures
 from typing import Optional, Sequence
 
 import grpc
+import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
@@ -124,6 +125,8 @@ class ServerConfig:
     grace_seconds: float = 5.0
     ssl_cert: Optional[str] = None
     ssl_key: Optional[str] = None
+    intra_op_parallelism: int = 0  # 0: TensorFlow's default (one thread per core)
+    inter_op_parallelism: int = 0
 
 
 class LocalModelServer:
@@ -131,6 +134,11 @@ class LocalModelServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        # Thread pools can be set only before TensorFlow runs its first op.
+        if config.intra_op_parallelism:
+            tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism)
+        if config.inter_op_parallelism:
+            tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_parallelism)
         self.manager = VersionManager(config.model_name, config.model_base_path,
                                       config.num_versions, log=_log)
         # so_reuseport=0: a second server on a busy port must fail, not share it.
@@ -195,6 +203,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
                    help="on SIGTERM, how long requests in flight may take to finish")
     p.add_argument("--ssl-cert", help="PEM certificate chain; with --ssl-key, serve TLS")
     p.add_argument("--ssl-key", help="PEM private key")
+    p.add_argument("--intra-op-parallelism", type=int, default=0,
+                   help="threads one op may use (TF Serving: --tensorflow_intra_op_parallelism;"
+                        " 0 = TensorFlow's default)")
+    p.add_argument("--inter-op-parallelism", type=int, default=0,
+                   help="ops run at once per call (TF Serving: "
+                        "--tensorflow_inter_op_parallelism; 0 = TensorFlow's default)")
     a = p.parse_args(argv)
     if bool(a.ssl_cert) != bool(a.ssl_key):
         p.error("--ssl-cert and --ssl-key go together")
@@ -203,7 +217,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
     return ServerConfig(model_base_path=a.model_base_path, model_name=a.model_name,
                         port=a.port, host=a.host, num_versions=a.num_versions,
                         poll_seconds=a.poll_seconds, max_workers=a.max_workers,
-                        grace_seconds=a.grace_seconds, ssl_cert=a.ssl_cert, ssl_key=a.ssl_key)
+                        grace_seconds=a.grace_seconds, ssl_cert=a.ssl_cert, ssl_key=a.ssl_key,
+                        intra_op_parallelism=a.intra_op_parallelism,
+                        inter_op_parallelism=a.inter_op_parallelism)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
