@@ -1,0 +1,319 @@
+"""The image's entrypoint, called the way the open-source KFP v2 launcher calls it.
+
+A small fake launcher walks the compiled spec's DAG: it builds each step's executor
+input as the launcher does (``minio://`` artifact URIs staged at local paths, input
+artifacts typed ``system.Artifact`` as ML Metadata returns them, one output type
+left empty, parameters from the spec and the run's parameter values), runs the
+step's container arguments through ``runner.kfp_entrypoint.main``, and reads the
+executor output. Every step runs for real on a few thousand synthetic interactions.
+"""
+import http.server
+import json
+import os
+import threading
+
+import pytest
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2 as pb
+
+from runner import kfp_entrypoint, kubeflow, tfjob
+from trainer.config import TrainerConfig
+
+ORDER = ["ImportSchemaGen", "FileBasedExampleGen", "StatisticsGen", "ExampleValidator",
+         "DataValidationGate", "Transform", "Trainer", "RetrievalEvaluator",
+         "ModelCompressor", "Pusher"]
+BUCKET = "minio://mlpipeline/v2/artifacts/run-1"
+LAUNCHER_DEFAULT_ROOTS = dict(kfp_entrypoint.LAUNCHER_LOCAL_ROOTS)
+TINY_TRAINER = TrainerConfig(epochs=1, batch_size=256, tower_layers=(32,), output_dim=32,
+                             id_embedding_dim=16, feature_embedding_dim=4)
+
+
+class FakeLauncher:
+    def __init__(self, spec, tmp, params):
+        self.spec, self.tmp, self.params = spec, tmp, params
+        self.outputs = {}  # task -> {key: RuntimeArtifact dict with remote URI}
+
+    def _param(self, value):
+        if "runtimeValue" in value:
+            return value["runtimeValue"]["constant"]
+        name = value["componentInputParameter"]
+        root = self.spec["root"]["inputDefinitions"]["parameters"][name]
+        return self.params.get(name, root.get("defaultValue"))
+
+    def executor_input(self, task):
+        t = self.spec["root"]["dag"]["tasks"][task]
+        component = self.spec["components"][t["componentRef"]["name"]]
+        inputs = {"parameterValues": {k: self._param(v) for k, v in
+                                      t.get("inputs", {}).get("parameters", {}).items()},
+                  "artifacts": {}}
+        for key, ref in t.get("inputs", {}).get("artifacts", {}).items():
+            produced = dict(self.outputs[ref["taskOutputArtifact"]["producerTask"]][
+                ref["taskOutputArtifact"]["outputArtifactKey"]])
+            produced["type"] = {"schemaTitle": "system.Artifact"}  # as ML Metadata types it
+            inputs["artifacts"][key] = {"artifacts": [produced]}
+        outputs = {"artifacts": {}, "outputFile": os.path.join(
+            self.tmp, "kfp_outputs", task, "output_metadata.json")}
+        for i, (key, d) in enumerate(sorted(component.get("outputDefinitions", {}).get(
+                "artifacts", {}).items())):
+            artifact_type = dict(d["artifactType"]) if i else {"instanceSchema": ""}
+            outputs["artifacts"][key] = {"artifacts": [{
+                "name": f"{task}-{key}", "uri": f"{BUCKET}/{task}/{key}",
+                "type": artifact_type}]}
+        return {"inputs": inputs, "outputs": outputs}
+
+    def run(self, task):
+        executor_input = self.executor_input(task)
+        label = self.spec["components"][task]["executorLabel"]
+        container = self.spec["deploymentSpec"]["executors"][label]["container"]
+        assert container["command"] == list(kubeflow.ENTRYPOINT)
+        args = [json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
+        kfp_entrypoint.main(args)
+        with open(executor_input["outputs"]["outputFile"]) as f:
+            output = json_format.Parse(f.read(), pb.ExecutorOutput())
+        produced = {}
+        for key, artifact_list in executor_input["outputs"]["artifacts"].items():
+            [declared] = artifact_list["artifacts"]
+            got = output.artifacts[key].artifacts[0]
+            assert got.uri == declared["uri"], "executor output must name the remote URI"
+            produced[key] = {"name": declared["name"], "uri": got.uri,
+                             "metadata": json_format.MessageToDict(got.metadata)}
+        self.outputs[task] = produced
+        return produced
+
+    def local(self, task, key):
+        return kfp_entrypoint.local_path(self.outputs[task][key]["uri"])
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    from ingest import prepare, synthetic
+    tmp = str(tmp_path_factory.mktemp("kfp"))
+    raw, prepared = os.path.join(tmp, "raw"), os.path.join(tmp, "prepared")
+    synthetic.generate(raw, synthetic.SyntheticConfig(num_interactions=4000, seed=5))
+    prepare.prepare(raw, prepared, log=lambda *_: None)
+    spec, _ = kubeflow.compile_spec(kubeflow.KubeflowOptions(
+        image="reg/twotower-recommender:test", trainer=TINY_TRAINER,
+        beam_pipeline_args=("--direct_running_mode=in_memory", "--direct_num_workers=1")))
+    # The schema file's image path (/pipeline/...) is this checkout here.
+    schema = spec["root"]["dag"]["tasks"]["ImportSchemaGen"]["inputs"]["parameters"][
+        "schema_file"]["runtimeValue"]
+    schema["constant"] = schema["constant"].replace(kubeflow.IMAGE_WORKDIR,
+                                                    os.path.dirname(kubeflow.__file__) + "/..")
+    serving = os.path.join(tmp, "models", "recommender")
+    params = {"data_root": prepared, "min_recall": 0.0, "min_coverage": 0.0,
+              "max_compression_recall_drop": 0.5,
+              "push_destination": kubeflow.push_destination_json(serving)}
+    roots = dict(kfp_entrypoint.LAUNCHER_LOCAL_ROOTS, **{"minio://": tmp + "/minio/"})
+    saved, kfp_entrypoint.LAUNCHER_LOCAL_ROOTS = kfp_entrypoint.LAUNCHER_LOCAL_ROOTS, roots
+    try:
+        launcher = FakeLauncher(spec, tmp, params)
+        for task in ORDER:
+            launcher.run(task)
+        yield launcher, serving
+    finally:
+        kfp_entrypoint.LAUNCHER_LOCAL_ROOTS = saved
+
+
+def test_example_gen_resolves_the_span_and_writes_both_splits(launched):
+    launcher, _ = launched
+    examples = launcher.outputs["FileBasedExampleGen"]["examples"]
+    assert examples["uri"].startswith("minio://")
+    assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+    # TFX records the driver's span as a custom property ("custom:span").
+    span = examples["metadata"].get("span", examples["metadata"].get("custom:span"))
+    assert span == max(int(d.split("-")[1]) for d in os.listdir(launcher.params["data_root"]))
+    local = launcher.local("FileBasedExampleGen", "examples")
+    for split in ("train", "eval"):
+        assert os.listdir(os.path.join(local, f"Split-{split}"))
+
+
+def test_validation_and_transform(launched):
+    launcher, _ = launched
+    assert os.listdir(os.path.join(launcher.local("ExampleValidator", "anomalies"),
+                                   "Split-eval"))
+    graph = launcher.local("Transform", "transform_graph")
+    assert os.path.isdir(os.path.join(graph, "transform_fn"))
+    transformed = launcher.local("Transform", "transformed_examples")
+    assert os.listdir(os.path.join(transformed, "Split-train"))
+
+
+def test_trainer_writes_the_tfx_model_layout(launched):
+    launcher, _ = launched
+    model = launcher.local("Trainer", "model")
+    assert os.path.isfile(os.path.join(model, "Format-Serving", "saved_model.pb"))
+    assert os.listdir(launcher.local("Trainer", "model_run"))
+
+
+def test_custom_components_and_pusher(launched):
+    launcher, serving = launched
+    with open(os.path.join(launcher.local("RetrievalEvaluator", "evaluation"),
+                           "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["metrics"]["model"]["recall@50"] >= 0.0
+    assert metrics["floors"] == {"min_recall": 0.0, "min_coverage": 0.0}  # runtime params
+    blessing = launcher.outputs["ModelCompressor"]["blessing"]
+    blessed = blessing["metadata"].get("blessed") == 1
+    assert os.path.isfile(os.path.join(launcher.local("ModelCompressor", "blessing"),
+                                       "BLESSED" if blessed else "NOT_BLESSED"))
+    pushed = launcher.outputs["Pusher"]["pushed_model"]["metadata"].get("pushed") == 1
+    assert pushed == blessed
+    if pushed:
+        [version] = os.listdir(serving)
+        assert os.path.isfile(os.path.join(serving, version, "saved_model.pb"))
+
+
+def _artifact(title="", uri="minio://b/x", **metadata):
+    a = pb.RuntimeArtifact(uri=uri)
+    if title is not None:
+        a.type.schema_title = title
+    if metadata:
+        a.metadata.update(metadata)
+    return a
+
+
+def test_type_resolution_order():
+    declared = pb.ArtifactTypeSchema(instance_schema="title: tfx.Schema\ntype: object\n")
+    assert kfp_entrypoint.resolve_title("s", _artifact("system.Artifact"), declared) == \
+        "tfx.Schema"
+    assert kfp_entrypoint.resolve_title("m", _artifact("system.Model"), None) == "tfx.Model"
+    assert kfp_entrypoint.resolve_title("e", _artifact(None, span=0, version=0,
+                                                       split_names='["a"]'), None) == \
+        "tfx.Examples"
+    untyped = pb.RuntimeArtifact()
+    untyped.type.instance_schema = ""  # the launcher's None instance_schema
+    untyped.metadata.update({"blessed": 1})
+    assert kfp_entrypoint.resolve_title("b", untyped, None) == "tfx.ModelBlessing"
+    assert kfp_entrypoint.resolve_title("t", _artifact("tfx.TransformGraph"), None) == \
+        "tfx.TransformGraph"
+    with pytest.raises(kfp_entrypoint.ArtifactTypeError, match="'x'"):
+        kfp_entrypoint.resolve_title("x", _artifact("system.Artifact"), None)
+
+
+def test_local_paths_match_the_launcher(monkeypatch):
+    monkeypatch.setattr(kfp_entrypoint, "LAUNCHER_LOCAL_ROOTS", LAUNCHER_DEFAULT_ROOTS)
+    assert kfp_entrypoint.local_path("gs://b/p/x") == "/gcs/b/p/x"
+    assert kfp_entrypoint.local_path("minio://mlpipeline/v2/a") == "/minio/mlpipeline/v2/a"
+    assert kfp_entrypoint.local_path("s3://b/k") == "/s3/b/k"
+    assert kfp_entrypoint.local_path("/data/x") is None
+
+
+class FakeKubernetes:
+    """Kubernetes API for TFJobs; its 'operator' runs the worker command in-process."""
+
+    def __init__(self, succeed=True):
+        self.created, self.gets, self.succeed = [], 0, succeed
+        self.done = threading.Event()
+
+    def handler(self):
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                assert self.path == f"/apis/kubeflow.org/v1/namespaces/" \
+                    f"{body['metadata']['namespace']}/tfjobs"
+                fake.created.append(body)
+                threading.Thread(target=fake.operate, args=(body,), daemon=True).start()
+                self._send(201, body)
+
+            def do_GET(self):
+                fake.gets += 1
+                [job] = fake.created
+                state = None
+                if fake.done.is_set():
+                    state = "Succeeded" if fake.succeed else "Failed"
+                conditions = [{"type": "Created", "status": "True"}]
+                if state:
+                    conditions.append({"type": state, "status": "True",
+                                       "message": "worker 1 exited with code 1"})
+                self._send(200, {**job, "status": {"conditions": conditions}})
+        return Handler
+
+    def operate(self, job):
+        if self.succeed:
+            from trainer import tfjob_entry
+            [c] = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+            assert c["command"] == list(tfjob.ENTRY)
+            tfjob_entry.main(c["args"])
+        self.done.set()
+
+
+@pytest.fixture
+def fake_k8s(monkeypatch):
+    servers = []
+
+    def start(succeed=True):
+        fake = FakeKubernetes(succeed)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv(tfjob.API_HOST_ENV, f"http://127.0.0.1:{server.server_address[1]}")
+        return fake
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _trainer_dicts(launcher, out_dir, settings):
+    from tfx.types import standard_artifacts
+    def art(cls, uri, **props):
+        a = cls()
+        a.uri = uri
+        for k, v in props.items():
+            setattr(a, k, v)
+        return a
+    inputs = {
+        "examples": [art(standard_artifacts.Examples,
+                         launcher.local("Transform", "transformed_examples"),
+                         split_names='["train", "eval"]')],
+        "transform_graph": [art(standard_artifacts.TransformGraph,
+                                launcher.local("Transform", "transform_graph"))],
+        "schema": [art(standard_artifacts.Schema, launcher.local("ImportSchemaGen", "schema"))],
+    }
+    outputs = {"model": [art(standard_artifacts.Model, os.path.join(out_dir, "model"))],
+               "model_run": [art(standard_artifacts.ModelRun, os.path.join(out_dir, "run"))]}
+    custom = {**TINY_TRAINER.to_custom_config(), tfjob.CUSTOM_CONFIG_KEY: settings}
+    props = {"train_args": '{"splits": ["train"]}', "eval_args": '{"splits": ["eval"]}',
+             "custom_config": json.dumps(custom), "run_fn": "trainer.task.run_fn"}
+    return inputs, outputs, props
+
+
+def test_tfjob_trainer_submits_waits_and_collects_the_model(launched, fake_k8s, tmp_path):
+    launcher, _ = launched
+    fake = fake_k8s()
+    settings = {"image": "reg/twotower-recommender:test", "workers": 2, "gpus_per_worker": 2,
+                "namespace": "team", "staging_dir": str(tmp_path / "staging"),
+                "poll_seconds": 0.2, "timeout_seconds": 600}
+    inputs, outputs, props = _trainer_dicts(launcher, str(tmp_path / "out"), settings)
+    tfjob.TFJobTrainerExecutor().Do(inputs, outputs, props)
+    [job] = fake.created
+    worker = job["spec"]["tfReplicaSpecs"]["Worker"]
+    assert worker["replicas"] == 2
+    container = worker["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert all(str(tmp_path / "staging") in a for a in container["args"]
+               if a.startswith("/") and "staging" in a)
+    model = outputs["model"][0].uri
+    assert os.path.isfile(os.path.join(model, "Format-Serving", "saved_model.pb"))
+    assert os.listdir(outputs["model_run"][0].uri)
+
+
+def test_tfjob_failure_fails_the_step(launched, fake_k8s, tmp_path):
+    launcher, _ = launched
+    fake_k8s(succeed=False)
+    settings = {"image": "img:1", "namespace": "team", "poll_seconds": 0.1}
+    inputs, outputs, props = _trainer_dicts(launcher, str(tmp_path / "out"), settings)
+    with pytest.raises(tfjob.TFJobFailed, match="worker 1 exited"):
+        tfjob.TFJobTrainerExecutor().Do(inputs, outputs, props)
