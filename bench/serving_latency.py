@@ -14,8 +14,9 @@ local stand-in), not ``tensorflow_model_server``.
 
 ``--synthetic-items N`` builds a SavedModel with the same ``serving_default``
 signature over N random items: the project's int8 candidate index
-(``components.compression.serving.Int8Index``, as in the pushed model), a user
-table, popularity cold start and top-100.
+(``components.compression.serving.Int8Index``, as in the pushed model; ``--index
+float`` for the Trainer's ``FloatIndex``), a user table, popularity cold start and
+top-100.
 """
 from __future__ import annotations
 
@@ -46,16 +47,18 @@ K = 100
 class SyntheticCatalogModel(tf.Module):
     """``serving_default(user_id [B]) -> item_ids, scores [B, K]`` over a random catalog."""
 
-    def __init__(self, num_items: int, num_users: int, dim: int, seed: int) -> None:
+    def __init__(self, num_items: int, num_users: int, dim: int, seed: int,
+                 index: str = "int8") -> None:
         super().__init__()
         from components.compression.serving import Int8Index
+        from trainer.export import FloatIndex
         rng = np.random.default_rng(seed)
 
         def unit(n):
             x = rng.standard_normal((n, dim)).astype(np.float32)
             return x / np.linalg.norm(x, axis=1, keepdims=True)
 
-        self.index = Int8Index(unit(num_items))
+        self.index = (Int8Index if index == "int8" else FloatIndex)(unit(num_items))
         self.users = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant([f"u{i}" for i in range(num_users)]),
             tf.range(num_users, dtype=tf.int64)), -1)
@@ -76,15 +79,15 @@ class SyntheticCatalogModel(tf.Module):
                 "scores": top.values}
 
 
-def build_synthetic(num_items: int, work_dir: str, num_users: int = 10_000,
-                    dim: int = 64, seed: int = 0) -> str:
+def build_synthetic(num_items: int, work_dir: str, index: str = "int8",
+                    num_users: int = 10_000, dim: int = 64, seed: int = 0) -> str:
     """Saves (once) the synthetic model as ``work_dir/1``; returns that directory."""
     from components.compression.warmup import write_warmup_requests
     path = os.path.join(work_dir, "1")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path
     start = time.perf_counter()
-    model = SyntheticCatalogModel(num_items, num_users, dim, seed)
+    model = SyntheticCatalogModel(num_items, num_users, dim, seed, index)
     tf.saved_model.save(model, path + ".tmp", signatures={"serving_default": model.serve})
     write_warmup_requests(path + ".tmp", "recommender", ["u0", "u1"])
     os.rename(path + ".tmp", path)
@@ -195,6 +198,9 @@ def main(argv=None) -> int:
     src.add_argument("--model-dir", help="a SavedModel version directory")
     src.add_argument("--pipeline-root", help="use run_summary.json's pushed_version_dir")
     src.add_argument("--synthetic-items", type=int, help="build a catalog of N random items")
+    p.add_argument("--index", choices=["int8", "float"], default="int8",
+                   help="candidate index of the synthetic model: the compressed model's "
+                        "Int8Index or the Trainer's FloatIndex")
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "serving_bench"))
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per level")
@@ -212,9 +218,10 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(a.inter_op_parallelism)
 
     if a.synthetic_items:
-        model_dir = build_synthetic(a.synthetic_items,
-                                    os.path.join(a.work_dir, f"synthetic-{a.synthetic_items}"))
-        label = f"synthetic {a.synthetic_items:,} items"
+        model_dir = build_synthetic(
+            a.synthetic_items,
+            os.path.join(a.work_dir, f"synthetic-{a.synthetic_items}-{a.index}"), a.index)
+        label = f"synthetic {a.synthetic_items:,} items, {a.index} index"
     else:
         model_dir = a.model_dir
         if a.pipeline_root:
