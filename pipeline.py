@@ -93,6 +93,9 @@ class PipelineConfig:
     trainer_custom_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
     # Compare with the last blessed model (a Resolver; Vertex-only on KFP v2).
     resolve_baseline: bool = True
+    # Without the Resolver: the newest version pushed under this directory is the
+    # baseline (what TensorFlow Serving serves now). "" = no regression check.
+    baseline_serving_dir: Union[str, RuntimeParameter] = ""
     beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
     pipeline_name: str = PIPELINE_NAME
@@ -151,7 +154,7 @@ def create_pipeline(cfg: PipelineConfig,
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         baseline_model=latest_blessed.outputs["model"] if latest_blessed else None,
-        gate=cfg.gate)
+        gate=cfg.gate, baseline_serving_dir="" if latest_blessed else cfg.baseline_serving_dir)
     compressor = ModelCompressor(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=example_gen.outputs["examples"],

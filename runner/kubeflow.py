@@ -39,8 +39,10 @@ PARAM_MIN_RECALL = "min_recall"
 PARAM_MIN_COVERAGE = "min_coverage"
 PARAM_MAX_COMPRESSION_DROP = "max_compression_recall_drop"
 PARAM_PUSH_DESTINATION = "push_destination"
+PARAM_BASELINE_DIR = "baseline_serving_dir"
 PARAMETER_TYPES = {PARAM_DATA_ROOT: str, PARAM_MIN_RECALL: float, PARAM_MIN_COVERAGE: float,
-                   PARAM_MAX_COMPRESSION_DROP: float, PARAM_PUSH_DESTINATION: str}
+                   PARAM_MAX_COMPRESSION_DROP: float, PARAM_PUSH_DESTINATION: str,
+                   PARAM_BASELINE_DIR: str}
 
 # Beam options per runner. Flink and Spark run Python through Beam's portable job
 # server; Dataflow needs a project, a region and a temp location.
@@ -165,6 +167,9 @@ def pipeline_config(opts: KubeflowOptions) -> pipeline_def.PipelineConfig:
         beam_pipeline_args=tuple(beam_args(opts.beam_runner, opts.beam_pipeline_args,
                                            opts.image)),
         resolve_baseline=opts.baseline_resolver,
+        # The regression baseline is the version being served, read from the model
+        # volume that is mounted into the evaluator too.
+        baseline_serving_dir=param(PARAM_BASELINE_DIR, str, opts.serving_dir),
         enable_cache=opts.enable_cache,
     )
 
@@ -251,6 +256,7 @@ def volume_mounts(opts: KubeflowOptions) -> Dict[str, VolumeMount]:
     mounts = {}
     if opts.model_volume is not None:
         mounts["Pusher"] = opts.model_volume
+        mounts["RetrievalEvaluator"] = opts.model_volume  # reads the served baseline
     if opts.data_volume is not None:
         mounts["FileBasedExampleGen"] = opts.data_volume
     return mounts

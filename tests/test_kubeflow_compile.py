@@ -112,6 +112,8 @@ def test_runtime_parameters_with_defaults(compiled):
     assert params["min_recall"]["defaultValue"] == -1.0
     assert json.loads(params["push_destination"]["defaultValue"]) == {
         "filesystem": {"baseDirectory": "/models/recommender"}}
+    # No Resolver on KFP: the version being served is the regression baseline.
+    assert params["baseline_serving_dir"]["defaultValue"] == "/models/recommender"
     tasks = spec["root"]["dag"]["tasks"]
     wired = {(task, key): p["componentInputParameter"]
              for task, t in tasks.items()
@@ -120,6 +122,7 @@ def test_runtime_parameters_with_defaults(compiled):
     assert wired == {("FileBasedExampleGen", "input_base"): "data_root",
                      ("RetrievalEvaluator", "min_recall"): "min_recall",
                      ("RetrievalEvaluator", "min_coverage"): "min_coverage",
+                     ("RetrievalEvaluator", "baseline_serving_dir"): "baseline_serving_dir",
                      ("ModelCompressor", "max_recall_drop"): "max_compression_recall_drop",
                      ("Pusher", "push_destination"): "push_destination"}
     schema = tasks["ImportSchemaGen"]["inputs"]["parameters"]["schema_file"]
@@ -129,8 +132,10 @@ def test_runtime_parameters_with_defaults(compiled):
 def test_platform_spec_mounts_the_model_volume_into_the_pusher(compiled):
     _, spec, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    [mount] = executors[spec["components"]["Pusher"]["executorLabel"]]["pvcMount"]
-    assert mount["mountPath"] == "/models" and mount["constant"] == "twotower-models"
+    # The Pusher writes versions there; the evaluator reads the served one as baseline.
+    for step in ("Pusher", "RetrievalEvaluator"):
+        [mount] = executors[spec["components"][step]["executorLabel"]]["pvcMount"]
+        assert mount["mountPath"] == "/models" and mount["constant"] == "twotower-models"
     assert set(executors) <= set(spec["deploymentSpec"]["executors"])
 
 

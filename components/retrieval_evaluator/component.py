@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
 from tfx import types
@@ -33,6 +34,16 @@ NO_FLOOR = -1.0  # parameter value meaning "use the data-scaled default floor"
 
 def serving_dir(model: types.Artifact) -> str:
     return os.path.join(model.uri, "Format-Serving")
+
+
+def newest_version_dir(base: str) -> Optional[str]:
+    """The version TensorFlow Serving serves from ``base`` (highest integer name with a
+    ``saved_model.pb``), or None if there is none yet."""
+    if not base or not tf.io.gfile.isdir(base):
+        return None
+    versions = [int(d.rstrip("/")) for d in tf.io.gfile.listdir(base) if d.rstrip("/").isdigit()
+                and tf.io.gfile.exists(os.path.join(base, d.rstrip("/"), "saved_model.pb"))]
+    return os.path.join(base, str(max(versions))) if versions else None
 
 
 def write_blessing(blessing: types.Artifact, blessed: bool, model: types.Artifact) -> None:
@@ -67,6 +78,9 @@ class RetrievalEvaluatorSpec(types.ComponentSpec):
         "min_coverage": ExecutionParameter(type=float),
         "regression_tolerance": ExecutionParameter(type=float),
         "batch_size": ExecutionParameter(type=int),
+        # Where no Resolver can run (Kubeflow's open-source backend), the newest pushed
+        # version under this directory is the baseline instead.
+        "baseline_serving_dir": ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -107,9 +121,13 @@ class Executor(base_executor.BaseExecutor):
         split = load_split_from_examples(examples.uri, catalog)
         metrics = {"model": evaluate_saved_model(serving_dir(model), split, ks, batch),
                    "popularity": evaluate_baseline(split, "popularity", ks)}
-        base_metrics = None
+        base_metrics, baseline_path = None, None
         if baseline is not None and baseline.uri != model.uri:
-            base_metrics = evaluate_saved_model(serving_dir(baseline), split, ks, batch)
+            baseline_path = serving_dir(baseline)
+        elif baseline is None:
+            baseline_path = newest_version_dir(exec_properties.get("baseline_serving_dir") or "")
+        if baseline_path:
+            base_metrics = evaluate_saved_model(baseline_path, split, ks, batch)
         metrics["last_blessed"] = base_metrics
         checks = run_gate(gate, metrics["model"], metrics["popularity"], base_metrics,
                           len(catalog))
@@ -120,7 +138,7 @@ class Executor(base_executor.BaseExecutor):
             "floors": gate.floors(len(catalog)),
             "checks": [c.__dict__ for c in checks],
             "catalog_size": len(catalog), "eval_users": metrics["model"]["users"],
-            "model": model.uri, "baseline_model": baseline.uri if baseline else None,
+            "model": model.uri, "baseline_model": baseline_path,
         }
         with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
             json.dump(result, f, indent=2)
@@ -144,12 +162,13 @@ class RetrievalEvaluator(base_component.BaseComponent):
 
     def __init__(self, model, examples, transform_graph, baseline_model=None,
                  ks=(10, 20, 50, 100), gate: GateConfig = GateConfig(),
-                 batch_size: int = 256):
+                 batch_size: int = 256, baseline_serving_dir=""):
         super().__init__(spec=RetrievalEvaluatorSpec(
             model=model, examples=examples, transform_graph=transform_graph,
             baseline_model=baseline_model, ks=json.dumps(sorted(ks)), gate_k=gate.k,
             min_recall=NO_FLOOR if gate.min_recall is None else gate.min_recall,
             min_coverage=NO_FLOOR if gate.min_coverage is None else gate.min_coverage,
             regression_tolerance=gate.regression_tolerance, batch_size=batch_size,
+            baseline_serving_dir=baseline_serving_dir,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))
