@@ -11,6 +11,7 @@ run: venv
 	$(PY) pipeline.py run $(ARGS)
 
 test: venv
+	@bash scripts/ensure_browser.sh
 	$(PY) -m pytest $(ARGS)
 
 test-fast: venv
