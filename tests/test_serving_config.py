@@ -12,7 +12,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf import wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "manifests" / "base" / "serving-config"
+CONFIG_DIR = (pathlib.Path(__file__).resolve().parent.parent
+              / "manifests" / "base" / "serving-config")
 
 _T = descriptor_pb2.FieldDescriptorProto
 # name, number, label, type, message type
