@@ -1,0 +1,59 @@
+"""The benchmark scripts' building blocks (the benchmarks themselves are not run in CI)."""
+import json
+import os
+
+from bench import common
+
+
+def test_ingest_transform_pipeline_is_the_pipelines_own_components(tmp_path):
+    from tfx.dsl.compiler import compiler
+    from bench.scale import PIPELINE_STAGES, ingest_transform_pipeline
+    pipe, _ = ingest_transform_pipeline(str(tmp_path / "root"), str(tmp_path / "data"),
+                                        ["--direct_num_workers=1"])
+    assert [c.id for c in pipe.components] == list(PIPELINE_STAGES)
+    # It compiles: no edge left to a component outside the sub-pipeline.
+    compiled = compiler.Compiler().compile(pipe)
+    assert {n.pipeline_node.node_info.id for n in compiled.nodes} == set(PIPELINE_STAGES)
+    only_gen, _ = ingest_transform_pipeline(str(tmp_path / "r2"), str(tmp_path / "data"),
+                                            [], ("FileBasedExampleGen",))
+    compiler.Compiler().compile(only_gen)
+
+
+def test_examplegen_without_shuffle_patch_replaces_write_split(monkeypatch):
+    from tfx.components.example_gen import write_split
+    from bench.scale import write_split_without_shuffle
+    original = write_split.WriteSplit
+    monkeypatch.setattr(write_split, "WriteSplit", original)  # restored after the test
+    write_split_without_shuffle()
+    assert write_split.WriteSplit is not original
+
+
+def test_stage_timer_records_time_memory_and_extras(tmp_path):
+    timer = common.StageTimer(heartbeat=0)
+    try:
+        with timer.stage("work") as extra:
+            block = bytearray(50 << 20)  # noqa: F841  (50 MB held during the stage)
+            extra["rows"] = 7
+    finally:
+        timer.close()
+    result = timer.as_dict()["work"]
+    assert result["rows"] == 7 and result["seconds"] >= 0 and result["peak_mb"] > 50
+    path = common.write_json(str(tmp_path / "out" / "x.json"), {"stages": timer.as_dict()})
+    with open(path) as f:
+        assert json.load(f)["stages"]["work"]["rows"] == 7
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_table_aligns_and_formats():
+    text = common.table([["two-tower", 0.11904, 1234567, None], ["ease", 0.2, 12.345, "x"]],
+                        ["method", "recall@10", "rows", "note"])
+    lines = text.splitlines()
+    assert lines[0].split() == ["method", "recall@10", "rows", "note"]
+    assert set(lines[1]) <= {"-", " "}
+    assert "0.1190" in lines[2] and "1,234,567" in lines[2]
+    assert "12.3" in lines[3] and len({len(line.rstrip()) for line in lines[:2]}) == 1
+
+
+def test_machine_facts():
+    facts = common.machine()
+    assert facts["cpus"] >= 1 and len(facts["load_average_1_5_15"]) == 3
