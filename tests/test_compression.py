@@ -123,3 +123,29 @@ def test_choose_takes_the_smallest_model_within_tolerance():
     assert choose([_candidate("x", 100, 0.05, False), c])["method"] == "x"
     with pytest.raises(ValueError):
         choose([])
+
+
+def test_int8_index_saves_int8_only_and_dequantizes_once_after_loading(tmp_path):
+    cands = np.random.default_rng(1).normal(size=(50, 4)).astype(np.float32)
+    index = Int8Index(cands)
+
+    class M(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.index = index
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def scores(self, q):
+            return self.index.scores(q)
+
+    tf.saved_model.save(M(), str(tmp_path))
+    saved = tf.train.load_checkpoint(str(tmp_path / "variables" / "variables"))
+    shapes = saved.get_variable_to_shape_map()
+    [cache] = [k for k in shapes if k.startswith("index/cache/")]
+    assert shapes[cache] == [0, 4]  # the float copy is not on disk
+    loaded = tf.saved_model.load(str(tmp_path))
+    q = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
+    first = loaded.scores(tf.constant(q)).numpy()
+    assert loaded.index.cache.numpy().shape == (50, 4)  # filled by the first call
+    np.testing.assert_allclose(first, q @ cands.T, atol=0.05)
+    np.testing.assert_allclose(loaded.scores(tf.constant(q)).numpy(), first, rtol=1e-6)
