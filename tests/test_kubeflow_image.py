@@ -2,8 +2,11 @@
 copies the repository root and .dockerignore excludes none of those files."""
 import fnmatch
 import importlib
+import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import pipeline
 from runner import kubeflow, tfjob
@@ -79,17 +82,24 @@ def test_every_module_the_pipeline_names_is_in_the_image():
 
 
 def test_project_imports_of_those_modules_are_in_the_image():
-    """The modules' own project imports (evaluation/, ingest/, ...) must be there too."""
-    import sys
+    """The modules' own project imports (evaluation/, ingest/, ...) must be there too.
+
+    Imported in a fresh interpreter: this session's sys.modules also holds whatever
+    other tests imported (bench/, say), which the pipeline never does.
+    """
     _, modules = _module_paths_of_the_compiled_pipeline()
-    for m in modules:
-        importlib.import_module(m)
-    project_files = {str(pathlib.Path(mod.__file__).resolve().relative_to(REPO))
-                     for mod in list(sys.modules.values())
-                     if getattr(mod, "__file__", None)
-                     and pathlib.Path(mod.__file__).resolve().is_relative_to(REPO)
-                     and ".venv" not in mod.__file__
-                     and "/tests/" not in mod.__file__}
+    script = (
+        "import importlib, json, pathlib, sys\n"
+        f"repo = pathlib.Path({str(REPO)!r})\n"
+        f"for m in {sorted(modules)!r}: importlib.import_module(m)\n"
+        "files = {str(pathlib.Path(m.__file__).resolve().relative_to(repo))\n"
+        "         for m in list(sys.modules.values()) if getattr(m, '__file__', None)\n"
+        "         and pathlib.Path(m.__file__).resolve().is_relative_to(repo)\n"
+        "         and '.venv' not in m.__file__}\n"
+        "print(json.dumps(sorted(files)))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    project_files = set(json.loads(out.strip().splitlines()[-1]))
     assert {"evaluation/model_eval.py", "project_env.py"} <= project_files
     missing = sorted(f for f in project_files if not copied_into_image(f))
     assert not missing, f"imported at run time but not in the image: {missing}"
