@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from runner import cli, kfp_api, kubeflow
+from tests.fake_http import JSONHandler
 
 TOKEN, COOKIE = "test-token-not-a-secret", "authservice_session=test-cookie"
 PREFIX = "/apis/v2beta1"
@@ -113,18 +114,7 @@ def _filter_name(query):
 
 
 def make_handler(state: FakeKFP):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, code, payload):
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def _fail(self, message):
             state.errors.append(message)
             self._send(400, {"error": message, "code": 3, "message": message})

@@ -18,6 +18,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
 from runner import kfp_entrypoint, kubeflow, tfjob
 from trainer.config import TrainerConfig
+from tests.fake_http import JSONHandler
 
 ORDER = ["ImportSchemaGen", "FileBasedExampleGen", "StatisticsGen", "ExampleValidator",
          "DataValidationGate", "Transform", "Trainer", "RetrievalEvaluator",
@@ -207,18 +208,7 @@ class FakeKubernetes:
     def handler(self):
         fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JSONHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 assert self.path == f"/apis/kubeflow.org/v1/namespaces/" \
