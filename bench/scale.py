@@ -32,7 +32,8 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
 
-from bench.common import StageResult, StageTimer, machine, self_max_rss_mb, table, write_json  # noqa: E402
+from bench.common import (StageResult, StageTimer, machine, self_max_rss_mb,  # noqa: E402
+                          table, write_json)
 
 PIPELINE_STAGES = ("FileBasedExampleGen", "ImportSchemaGen", "Transform")
 STAGES = ("generate", "prepare", "FileBasedExampleGen", "Transform", "train")

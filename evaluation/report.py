@@ -134,8 +134,8 @@ def item_baselines(span_dir: str, ks: Sequence[int]) -> Tuple[Dict[str, dict], L
 def collect(pipeline_root: str, uris: Mapping[str, Mapping[str, str]], span_dir: Optional[str],
             component_seconds: Mapping[str, float],
             component_peak_mb: Optional[Mapping[str, float]] = None,
-            run_summary: Optional[dict] = None, with_item_baselines: bool = True,
-            log=print) -> ReportInputs:
+            run_summary: Optional[dict] = None,
+            with_item_baselines: bool = True) -> ReportInputs:
     """Reads what the report shows; ``uris`` is ``{component: {output key: uri}}``.
 
     A part that cannot be read is left out with a note, so one missing artifact does
@@ -442,7 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         span = example_gen.output("examples").span if example_gen else None
         found = glob.glob(os.path.join(root, "prepared", "*", f"span-{span}"))
         span_dir = found[0] if len(found) == 1 else None
-    inputs = collect(root, {r.component: r.uris() for r in records}, span_dir, timings.get("component_seconds", {}),
+    inputs = collect(root, {r.component: r.uris() for r in records}, span_dir,
+                     timings.get("component_seconds", {}),
                      timings.get("peak_memory_mb", {}), summary or None)
     print(write_report(inputs, a.output))
     return 0

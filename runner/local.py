@@ -149,7 +149,7 @@ def write_run_report(root: str, records, span_dir: str, summary: dict, log=print
         from evaluation import report
         inputs = report.collect(root, {r.component: r.uris() for r in records}, span_dir,
                                 summary["timings"]["component_seconds"],
-                                summary["timings"]["peak_memory_mb"], summary, log=log)
+                                summary["timings"]["peak_memory_mb"], summary)
         path = report.write_report(inputs)
     except Exception as e:  # noqa: BLE001  (the report is optional; the run succeeded)
         log(f"[report] WARNING: could not write the report: {type(e).__name__}: {e}")

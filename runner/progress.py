@@ -14,7 +14,7 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import psutil
 from absl import logging as absl_logging
@@ -84,6 +84,12 @@ class StageMonitor:
     def __exit__(self, *exc) -> None:
         self.end_stage()
         self.stop()
+
+    @property
+    def current(self) -> Optional[Tuple[str, float]]:
+        """``(stage, seconds so far)`` of the open stage, or None."""
+        with self._lock:
+            return (self._stage, time.time() - self._stage_start) if self._stage else None
 
     def begin_stage(self, name: str, detail: Optional[Callable[[], str]] = None) -> None:
         with self._lock:
