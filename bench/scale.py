@@ -39,31 +39,6 @@ PIPELINE_STAGES = ("FileBasedExampleGen", "ImportSchemaGen", "Transform")
 STAGES = ("generate", "prepare", "FileBasedExampleGen", "Transform", "train")
 
 
-def write_split_without_shuffle() -> None:
-    """Experiment: ExampleGen writes its splits without TFX's ``Reshuffle``.
-
-    TFX's ``write_split.WriteSplit`` reshuffles every split before writing it. On the
-    DirectRunner a shuffle keeps the whole split in memory, so ExampleGen's memory
-    grows with the data. ``ingest/prepare.py`` already writes rows in a random order,
-    so the shuffle buys nothing here; this patch (this process only, for the
-    benchmark) writes the same gzip TFRecords straight from the encoder. The change
-    it measures belongs in ``components/parquet_example_gen.py``.
-    """
-    import apache_beam as beam
-    from tfx.components.example_gen import write_split
-
-    @beam.ptransform_fn
-    def _write(example_split, output_split_path, output_format, exec_properties=None):
-        del output_format, exec_properties
-        return (example_split
-                | "MaybeSerialize" >> beam.ParDo(write_split.MaybeSerialize())
-                | "Write" >> beam.io.WriteToTFRecord(
-                    os.path.join(output_split_path, write_split.DEFAULT_FILE_NAME),
-                    file_name_suffix=".gz"))
-
-    write_split.WriteSplit = _write
-
-
 def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str],
                               stages: Sequence[str] = PIPELINE_STAGES):
     """The pipeline's ExampleGen, ImportSchemaGen and Transform, and nothing else."""
@@ -126,7 +101,7 @@ class Watchdog:
 
 def run_one(size: int, out_dir: str, steps: int, beam_args: Sequence[str],
             seed: int = 42, max_mb: float = 12_000, max_seconds: float = 6 * 3600,
-            until: str = "train", examplegen_shuffle: bool = True) -> dict:
+            until: str = "train") -> dict:
     """All stages for one size; returns the figures (also written as JSON after each stage)."""
     from tfx import v1 as tfx
     from ingest import prepare as prep
@@ -138,10 +113,8 @@ def run_one(size: int, out_dir: str, steps: int, beam_args: Sequence[str],
         shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else \
             os.path.exists(path) and os.remove(path)
     os.makedirs(root, exist_ok=True)
-    if not examplegen_shuffle:
-        write_split_without_shuffle()
     result = {"interactions": size, "steps": steps, "beam_args": list(beam_args),
-              "examplegen_shuffle": examplegen_shuffle, "until": until,
+              "until": until,
               "machine_start": machine(),
               # Memory of this process before any stage: Python, TensorFlow and TFX imported.
               "baseline_mb": round(progress.tree_rss_bytes() / progress.MB, 1)}
@@ -249,8 +222,6 @@ def main(argv=None) -> int:
                    help="stop a size after this wall time (default: %(default)s)")
     p.add_argument("--until", choices=["FileBasedExampleGen", "Transform", "train"],
                    default="train", help="last stage to run (default: %(default)s)")
-    p.add_argument("--examplegen-without-shuffle", action="store_true",
-                   help="experiment: ExampleGen writes without TFX's Reshuffle")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json-out", help="default: <out>/bench_scale.json")
     a = p.parse_args(argv)
@@ -262,8 +233,7 @@ def main(argv=None) -> int:
             beam_args = list(pipeline_def.LOCAL_BEAM_ARGS)
         [size] = sizes
         run_one(size, a.out, a.steps, beam_args, max_mb=a.max_memory_gb * 1024,
-                max_seconds=a.max_minutes * 60, until=a.until,
-                examplegen_shuffle=not a.examplegen_without_shuffle)
+                max_seconds=a.max_minutes * 60, until=a.until)
         return 0
     results = []
     out = a.json_out or os.path.join(a.out, "bench_scale.json")
@@ -272,8 +242,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", "--sizes", str(size),
                "--out", a.out, "--steps", str(a.steps), "--beam-pipeline-args",
                a.beam_pipeline_args, "--max-memory-gb", str(a.max_memory_gb),
-               "--max-minutes", str(a.max_minutes), "--until", a.until] + (
-                   ["--examplegen-without-shuffle"] if a.examplegen_without_shuffle else [])
+               "--max-minutes", str(a.max_minutes), "--until", a.until]
         code = subprocess.call(cmd)
         path = os.path.join(a.out, f"n{size}", "scale.json")
         if not os.path.isfile(path):

@@ -19,15 +19,6 @@ def test_ingest_transform_pipeline_is_the_pipelines_own_components(tmp_path):
     compiler.Compiler().compile(only_gen)
 
 
-def test_examplegen_without_shuffle_patch_replaces_write_split(monkeypatch):
-    from tfx.components.example_gen import write_split
-    from bench.scale import write_split_without_shuffle
-    original = write_split.WriteSplit
-    monkeypatch.setattr(write_split, "WriteSplit", original)  # restored after the test
-    write_split_without_shuffle()
-    assert write_split.WriteSplit is not original
-
-
 def test_stage_timer_records_time_memory_and_extras(tmp_path):
     timer = common.StageTimer(heartbeat=0)
     try:
