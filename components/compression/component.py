@@ -206,7 +206,7 @@ class Executor(base_executor.BaseExecutor):
             query, candidate, details = build()
             path = os.path.join(staging, method.replace("+", "_"))
             self._export(query, candidate, teacher, graph, exec_properties["model_name"], path)
-            entry = self._measure(path, split, ks, method, original)
+            entry = self._measure(path, split, ks, method, original, gate_k)
             entry.update(details, seconds=round(time.time() - start, 1),
                          within_tolerance=entry["recall_drop_relative"] <= max_drop, path=path)
             logging.info("ModelCompressor tried %s: %d bytes (%.2fx), recall@%d drop %.2f%%",
@@ -307,16 +307,16 @@ class Executor(base_executor.BaseExecutor):
 
     @staticmethod
     def _measure(path: str, split, ks: List[int], method: str,
-                 original: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """Size, recall@K and latency of one SavedModel on the held-out split."""
+                 original: Optional[Dict[str, Any]], gate_k: int = 50) -> Dict[str, Any]:
+        """Size, recall@K and latency of one SavedModel on the held-out split; with
+        ``original``, also its size ratio and relative recall drop at ``gate_k``."""
         metrics = evaluate_saved_model(path, split, ks)
         entry = {"method": method, "size_bytes": directory_bytes(path),
                  "gzip_bytes": gzipped_bytes(path),
                  "latency_ms_per_batch": metrics["latency_ms_per_batch"],
                  **{f"recall@{k}": metrics[f"recall@{k}"] for k in ks}}
         if original is not None:
-            k = max(ks)
-            r0, r1 = original[f"recall@{k}"], entry[f"recall@{k}"]
+            r0, r1 = original[f"recall@{gate_k}"], entry[f"recall@{gate_k}"]
             entry["size_ratio"] = original["size_bytes"] / entry["size_bytes"]
             entry["recall_drop_relative"] = (r0 - r1) / r0 if r0 else 0.0
         return entry
