@@ -4,7 +4,8 @@ For each size (interactions), in a fresh process so peak memory is per size:
 
 1. ``generate``: the built-in synthetic generator writes ``interactions.csv`` & co.
 2. ``prepare``: reading, temporal split and Parquet spans (``ingest/prepare.py``).
-3. ``FileBasedExampleGen`` and ``Transform``: the pipeline's own components (taken
+3. ``FileBasedExampleGen``, ``StatisticsGen`` (with the schema import, ExampleValidator
+   and the validation gate) and ``Transform``: the pipeline's own components (taken
    from ``pipeline.create_pipeline``), run with LocalDagRunner on the DirectRunner.
 4. ``train``: ``trainer.task.train_and_export`` for a fixed number of steps (batch
    1024), including its one pass over the train split for the catalog and the
@@ -35,13 +36,15 @@ from typing import List, Optional, Sequence  # noqa: E402
 from bench.common import (StageResult, StageTimer, machine, self_max_rss_mb,  # noqa: E402
                           table, write_json)
 
-PIPELINE_STAGES = ("FileBasedExampleGen", "ImportSchemaGen", "Transform")
-STAGES = ("generate", "prepare", "FileBasedExampleGen", "Transform", "train")
+# Ingestion as the pipeline runs it: ExampleGen, statistics, validation and its gate.
+PIPELINE_STAGES = ("FileBasedExampleGen", "ImportSchemaGen", "StatisticsGen",
+                   "ExampleValidator", "DataValidationGate", "Transform")
+STAGES = ("generate", "prepare", "FileBasedExampleGen", "StatisticsGen", "Transform", "train")
 
 
 def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str],
                               stages: Sequence[str] = PIPELINE_STAGES):
-    """The pipeline's ExampleGen, ImportSchemaGen and Transform, and nothing else."""
+    """The pipeline's ingestion, validation and Transform components, and nothing else."""
     from tfx import v1 as tfx
     import pipeline as pipeline_def
     from runner import local
@@ -52,7 +55,7 @@ def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str
         local.metadata_path(root))
     full = pipeline_def.create_pipeline(cfg, connection)
     keep = [c for c in full.components if c.id in stages]
-    for c in keep:  # cut the edges to the components left out (Transform waits for the gate)
+    for c in keep:  # cut the edges to the components left out (Trainer and after)
         for up in list(c.upstream_nodes):
             if up.id not in stages:
                 c.remove_upstream_node(up)
@@ -152,7 +155,8 @@ def run_one(size: int, out_dir: str, steps: int, beam_args: Sequence[str],
     stages = PIPELINE_STAGES if until in ("Transform", "train") else ("FileBasedExampleGen",)
     pipe, connection = ingest_transform_pipeline(os.path.join(root, "pipeline"), data_root,
                                                  beam_args, stages)
-    f = progress.install(timer.monitor, rows={"FileBasedExampleGen": rows, "Transform": rows})
+    f = progress.install(timer.monitor, rows={"FileBasedExampleGen": rows, "StatisticsGen": rows,
+                                              "Transform": rows})
     pipeline_progress.append(f)
     try:
         tfx.orchestration.LocalDagRunner().run(pipe)

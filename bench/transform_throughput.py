@@ -42,7 +42,8 @@ def run_one(size: int, workers: int, out: str) -> dict:
     split = prep.prepare(data_dir, data_root)[-1].report["split"]
     rows = split["train_rows"] + split["eval_rows"]
     root = os.path.abspath(os.path.join(out, f"n{size}-w{workers}"))
-    pipe, _ = ingest_transform_pipeline(root, data_root, beam_args(workers))
+    pipe, _ = ingest_transform_pipeline(root, data_root, beam_args(workers),
+                                        ("FileBasedExampleGen", "ImportSchemaGen", "Transform"))
     monitor = progress.StageMonitor().start()
     f = progress.install(monitor, rows={"FileBasedExampleGen": rows, "Transform": rows})
     load = os.getloadavg()[0]
