@@ -104,6 +104,7 @@ def test_student_config_divides_widths():
         (32, 32, (128, 8))
     assert student_config(teacher, 4).tower_layers == (64, 8)  # never narrower than 8
     assert student.temperature == teacher.temperature and student.epochs == teacher.epochs
+    assert teacher.optimizer == "lazy_adam" and student.optimizer == "adam"
     with pytest.raises(ValueError, match="divisor 1"):
         student_config(teacher, 1)
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.optim import LazyAdam
+from trainer.optim import LazyAdam, make_optimizer
 
 
 def _sparse_step(opt, var, indices, values):
@@ -60,3 +60,10 @@ def test_dense_gradients_get_kerass_adam_update():
 def test_amsgrad_is_refused():
     with pytest.raises(ValueError, match="amsgrad"):
         LazyAdam(0.1, amsgrad=True)
+
+
+def test_make_optimizer_names():
+    assert type(make_optimizer("lazy_adam", 0.1)) is LazyAdam
+    assert type(make_optimizer("adam", 0.1)) is tf.keras.optimizers.Adam
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("sgd", 0.1)

@@ -73,6 +73,8 @@ def test_config_validation_and_round_trip():
     assert TrainerConfig.from_custom_config(cfg.to_custom_config()) == cfg
     with pytest.raises(ValueError, match="top_k must be >= 100"):
         TrainerConfig(top_k=10)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainerConfig(optimizer="sgd")
     with pytest.raises(ValueError, match=r"unknown trainer settings: \['depth'\]"):
         TrainerConfig.from_custom_config({"trainer": {"depth": 3}})
 

@@ -6,6 +6,8 @@ from typing import Any, Mapping, Optional, Tuple
 
 from transform.config import config_section
 
+OPTIMIZER_NAMES = ("lazy_adam", "adam")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
@@ -26,6 +28,9 @@ class TrainerConfig:
     mixed_negatives: int = 0  # extra uniformly sampled catalog items per batch
     remove_accidental_hits: bool = True
     learning_rate: float = 0.002
+    # "lazy_adam" updates only the embedding rows a batch looked up (trainer/optim.py);
+    # "adam" is Keras's Adam, whose every step touches every row of the ID tables.
+    optimizer: str = "lazy_adam"
     batch_size: int = 1024
     epochs: int = 8
     shuffle_buffer: int = 100_000
@@ -43,6 +48,8 @@ class TrainerConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
         if self.mixed_negatives < 0:
             raise ValueError(f"mixed_negatives must be >= 0, got {self.mixed_negatives}")
 

@@ -40,3 +40,12 @@ class LazyAdam(tf.keras.optimizers.Adam):
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(
             alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+    """``TrainerConfig.optimizer`` -> a Keras 2 optimizer."""
+    if name == "lazy_adam":
+        return LazyAdam(learning_rate)
+    if name == "adam":
+        return tf.keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}")

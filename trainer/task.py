@@ -19,7 +19,7 @@ from trainer import data as D
 from trainer.config import TrainerConfig
 from trainer.export import RetrievalModule, TransformQueryFeatures, embed_catalog
 from trainer.model import TwoTowerModel, build_towers
-from trainer.optim import LazyAdam
+from trainer.optim import make_optimizer
 from trainer.strategy import choose_strategy, is_chief, strategy_name
 from transform import features as F
 from transform.config import TransformConfig
@@ -139,7 +139,7 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
         model = TwoTowerModel(query_tower, candidate_tower, cfg,
                               item_sampling_probability(catalog, sizes[D.ITEM_ID]),
                               catalog.item_features())
-        model.compile(optimizer=LazyAdam(cfg.learning_rate))
+        model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
     batch = min(cfg.batch_size, max(32, catalog.num_examples // 4))
     train_ds = _distributed(D.make_dataset(train_patterns, spec, batch,
                                            min(cfg.shuffle_buffer, catalog.num_examples),

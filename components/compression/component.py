@@ -47,7 +47,7 @@ from trainer import data as D
 from trainer.config import TrainerConfig
 from trainer.export import RetrievalModule, TransformQueryFeatures, embed_catalog
 from trainer.model import TwoTowerModel, build_towers
-from trainer.optim import LazyAdam
+from trainer.optim import make_optimizer
 from trainer.task import TOWERS_DIR, TOWERS_SPEC, item_sampling_probability
 from transform import features as F
 from transform.config import TransformConfig
@@ -249,7 +249,7 @@ class Executor(base_executor.BaseExecutor):
                                               teacher.item_probability, alpha)
         epochs = int(props.get("distill_epochs", 0)) or teacher.cfg.epochs
         model = make(query, candidate)
-        model.compile(optimizer=LazyAdam(cfg.learning_rate))
+        model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
         history = model.fit(teacher.dataset(), epochs=epochs, verbose=2)
         query, candidate, details = self._prune_fine_tune(query, candidate, teacher, props,
                                                           make)
@@ -272,7 +272,8 @@ class Executor(base_executor.BaseExecutor):
         _prune(query, schedule)
         query(teacher.query_sample)  # builds the pruning wrappers
         model = make(query, candidate)
-        model.compile(optimizer=LazyAdam(float(props["learning_rate"])))
+        # Keras's Adam, as for the student (see distill.student_config).
+        model.compile(optimizer=make_optimizer("adam", float(props["learning_rate"])))
         history = model.fit(teacher.dataset(), epochs=epochs, verbose=2,
                             callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
         _strip(query)

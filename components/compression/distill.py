@@ -25,10 +25,13 @@ def student_config(teacher: TrainerConfig, divisor: int) -> TrainerConfig:
     if divisor < 2:
         raise ValueError(f"a student must be narrower than its teacher: divisor {divisor} < 2")
     narrow = lambda w: max(8, w // divisor)  # noqa: E731
+    # Keras's Adam, not the Trainer's lazy one: on MovieLens 100K the same teacher's
+    # student lost 2.08% recall@50 with lazy updates and 0.07-0.38% with Adam's (whose
+    # decayed momentum keeps moving rows the batch did not look up).
     return dataclasses.replace(
         teacher, id_embedding_dim=narrow(teacher.id_embedding_dim),
         output_dim=narrow(teacher.output_dim),
-        tower_layers=tuple(narrow(w) for w in teacher.tower_layers))
+        tower_layers=tuple(narrow(w) for w in teacher.tower_layers), optimizer="adam")
 
 
 class DistillationModel(tfrs.Model):
