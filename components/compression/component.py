@@ -204,6 +204,9 @@ class Executor(base_executor.BaseExecutor):
         staging = os.path.join(out_model.uri, "candidates")
         for method, build in self._candidates(teacher, exec_properties):
             start = time.time()
+            # Same initial weights and shuffles whatever ran before in this process
+            # (the Trainer in a local run), so a candidate's result is reproducible.
+            tf.keras.utils.set_random_seed(teacher.cfg.seed)
             query, candidate, details = build()
             path = os.path.join(staging, method.replace("+", "_"))
             self._export(query, candidate, teacher, graph, exec_properties["model_name"], path)
