@@ -28,6 +28,7 @@ from components.compression.component import ModelCompressor
 from components.data_validation_gate.component import DataValidationGate
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.retrieval_evaluator.gate import GateConfig
+from components.sequence_gen.component import SequenceGen
 from components.parquet_example_gen import Executor as ParquetExecutor
 from trainer.config import TrainerConfig
 from transform.config import TransformConfig
@@ -132,9 +133,16 @@ def create_pipeline(cfg: PipelineConfig,
         disable_statistics=True,
     )
     transform.add_upstream_node(validation_gate)  # no Transform on data with anomalies
+    # Per-user ordered histories on Beam: training windows, catalog tables and the
+    # served model's history and exclusion tables (every split).
+    sequence_gen = SequenceGen(
+        examples=example_gen.outputs["examples"],
+        transformed_examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        max_history=cfg.trainer.max_history, exclusion_cap=cfg.trainer.exclusion_cap)
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
-        examples=transform.outputs["transformed_examples"],
+        examples=sequence_gen.outputs["sequences"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=trainer_pb2.TrainArgs(splits=["train"]),
@@ -163,7 +171,7 @@ def create_pipeline(cfg: PipelineConfig,
     compressor = ModelCompressor(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=example_gen.outputs["examples"],
-        transformed_examples=transform.outputs["transformed_examples"],
+        sequences=sequence_gen.outputs["sequences"],
         transform_graph=transform.outputs["transform_graph"], gate_k=cfg.gate.k,
         max_recall_drop=cfg.max_compression_recall_drop, model_name=MODEL_NAME)
     pusher = tfx.components.Pusher(
@@ -173,7 +181,7 @@ def create_pipeline(cfg: PipelineConfig,
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=cfg.serving_dir or os.path.join(cfg.pipeline_root, "serving"))))
     components = [example_gen, statistics_gen, schema_gen, example_validator,
-                  validation_gate, transform, trainer, latest_blessed, evaluator,
+                  validation_gate, transform, sequence_gen, trainer, latest_blessed, evaluator,
                   compressor, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,

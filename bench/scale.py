@@ -5,11 +5,12 @@ For each size (interactions), in a fresh process so peak memory is per size:
 1. ``generate``: the built-in synthetic generator writes ``interactions.csv`` & co.
 2. ``prepare``: reading, temporal split and Parquet spans (``ingest/prepare.py``).
 3. ``FileBasedExampleGen``, ``StatisticsGen`` (with the schema import, ExampleValidator
-   and the validation gate) and ``Transform``: the pipeline's own components (taken
-   from ``pipeline.create_pipeline``), run with LocalDagRunner on the DirectRunner.
-4. ``train``: ``trainer.task.train_and_export`` for a fixed number of steps (batch
-   1024), including its one pass over the train split for the catalog and the
-   SavedModel export.
+   and the validation gate), ``Transform`` and ``SequenceGen`` (per-user histories):
+   the pipeline's own components (taken from ``pipeline.create_pipeline``), run with
+   LocalDagRunner on the DirectRunner.
+4. ``train``: ``trainer.task.train_and_export`` for a fixed number of steps (the
+   Trainer's default batch of windows), including its read of the catalog and history
+   tables and the SavedModel export.
 
 Time is wall time. Peak memory is a sampled high-water mark (every 0.5 s) of the
 resident memory (RSS) of the benchmark process plus all its children (Beam workers).
@@ -38,13 +39,15 @@ from bench.common import (StageResult, StageTimer, machine, self_max_rss_mb,  # 
 
 # Ingestion as the pipeline runs it: ExampleGen, statistics, validation and its gate.
 PIPELINE_STAGES = ("FileBasedExampleGen", "ImportSchemaGen", "StatisticsGen",
-                   "ExampleValidator", "DataValidationGate", "Transform")
-STAGES = ("generate", "prepare", "FileBasedExampleGen", "StatisticsGen", "Transform", "train")
+                   "ExampleValidator", "DataValidationGate", "Transform", "SequenceGen")
+STAGES = ("generate", "prepare", "FileBasedExampleGen", "StatisticsGen", "Transform",
+          "SequenceGen", "train")
 
 
 def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str],
                               stages: Sequence[str] = PIPELINE_STAGES):
-    """The pipeline's ingestion, validation and Transform components, and nothing else."""
+    """The pipeline's ingestion, validation, Transform and SequenceGen components, and
+    nothing else."""
     from tfx import v1 as tfx
     import pipeline as pipeline_def
     from runner import local
@@ -152,11 +155,12 @@ def run_one(size: int, out_dir: str, steps: int, beam_args: Sequence[str],
                      train_rows=split["train_rows"], reused=span.reused)
     save()
     rows = split["train_rows"] + split["eval_rows"]
-    stages = PIPELINE_STAGES if until in ("Transform", "train") else ("FileBasedExampleGen",)
+    stages = {"FileBasedExampleGen": ("FileBasedExampleGen",),
+              "Transform": PIPELINE_STAGES[:-1]}.get(until, PIPELINE_STAGES)
     pipe, connection = ingest_transform_pipeline(os.path.join(root, "pipeline"), data_root,
                                                  beam_args, stages)
     f = progress.install(timer.monitor, rows={"FileBasedExampleGen": rows, "StatisticsGen": rows,
-                                              "Transform": rows})
+                                              "Transform": rows, "SequenceGen": rows})
     pipeline_progress.append(f)
     try:
         tfx.orchestration.LocalDagRunner().run(pipe)
@@ -168,7 +172,8 @@ def run_one(size: int, out_dir: str, steps: int, beam_args: Sequence[str],
                                          f.peak_mb.get(name, 0.0), None, {"rows": rows}))
     save()
     if until == "train":
-        uris = mlmd_summary.component_record(connection, "scale-bench", "Transform").uris()
+        uris = {c: mlmd_summary.component_record(connection, "scale-bench", c).uris()
+                for c in ("Transform", "SequenceGen")}
         with timer.stage("train") as extra:
             extra.update(_train(uris, os.path.join(root, "model"), steps))
     result["stages"] = timer.as_dict()
@@ -184,10 +189,12 @@ def _train(uris: dict, model_dir: str, steps: int) -> dict:
     from trainer.config import TrainerConfig
     from trainer.task import train_and_export
     from transform.config import TransformConfig
-    examples = uris["transformed_examples"]
+    sequences = uris["SequenceGen"]["sequences"]
     summary = train_and_export(
-        [os.path.join(examples, "Split-train", "*")], [os.path.join(examples, "Split-eval", "*")],
-        tft.TFTransformOutput(uris["transform_graph"]), TrainerConfig(), TransformConfig(),
+        [os.path.join(sequences, "Split-train", "*")],
+        [os.path.join(sequences, "Split-eval", "*")],
+        tft.TFTransformOutput(uris["Transform"]["transform_graph"]), TrainerConfig(),
+        TransformConfig(),
         os.path.join(model_dir, "Format-Serving"), os.path.join(model_dir, "run"),
         max_steps=steps)
     return {k: summary[k] for k in ("train_seconds", "catalog_seconds", "trained_examples",
@@ -217,14 +224,15 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="100000,1000000",
                    help="comma-separated interaction counts (default: %(default)s)")
     p.add_argument("--out", default="pipeline_output/bench-scale")
-    p.add_argument("--steps", type=int, default=300, help="training steps of batch 1024")
+    p.add_argument("--steps", type=int, default=300, help="training steps")
     p.add_argument("--beam-pipeline-args", default="",
                    help="Beam options as one string (default: the pipeline's LOCAL_BEAM_ARGS)")
     p.add_argument("--max-memory-gb", type=float, default=12.0,
                    help="stop a size whose process tree exceeds this RSS (default: %(default)s)")
     p.add_argument("--max-minutes", type=float, default=360.0,
                    help="stop a size after this wall time (default: %(default)s)")
-    p.add_argument("--until", choices=["FileBasedExampleGen", "Transform", "train"],
+    p.add_argument("--until", choices=["FileBasedExampleGen", "Transform", "SequenceGen",
+                                       "train"],
                    default="train", help="last stage to run (default: %(default)s)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json-out", help="default: <out>/bench_scale.json")

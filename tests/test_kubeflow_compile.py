@@ -11,7 +11,7 @@ from runner import cli, kubeflow
 
 IMAGE = "registry.example.com/twotower-recommender:0.1.0-abc123"
 STEPS = {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-         "DataValidationGate", "Transform", "Trainer", "RetrievalEvaluator",
+         "DataValidationGate", "Transform", "SequenceGen", "Trainer", "RetrievalEvaluator",
          "ModelCompressor", "Pusher"}
 
 

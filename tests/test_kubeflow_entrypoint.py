@@ -21,7 +21,7 @@ from trainer.config import TrainerConfig
 from tests.fake_http import JSONHandler
 
 ORDER = ["ImportSchemaGen", "FileBasedExampleGen", "StatisticsGen", "ExampleValidator",
-         "DataValidationGate", "Transform", "Trainer", "RetrievalEvaluator",
+         "DataValidationGate", "Transform", "SequenceGen", "Trainer", "RetrievalEvaluator",
          "ModelCompressor", "Pusher"]
 BUCKET = "minio://mlpipeline/v2/artifacts/run-1"
 LAUNCHER_DEFAULT_ROOTS = dict(kfp_entrypoint.LAUNCHER_LOCAL_ROOTS)
@@ -266,8 +266,8 @@ def _trainer_dicts(launcher, out_dir, settings):
         return a
     inputs = {
         "examples": [art(standard_artifacts.Examples,
-                         launcher.local("Transform", "transformed_examples"),
-                         split_names='["train", "eval"]')],
+                         launcher.local("SequenceGen", "sequences"),
+                         split_names='["train", "eval", "items", "users", "history"]')],
         "transform_graph": [art(standard_artifacts.TransformGraph,
                                 launcher.local("Transform", "transform_graph"))],
         "schema": [art(standard_artifacts.Schema, launcher.local("ImportSchemaGen", "schema"))],

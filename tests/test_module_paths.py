@@ -24,5 +24,5 @@ def test_executor_class_paths_of_the_compiled_components_import(tmp_path):
             assert _load(f"{cls.__module__}.{cls.__name__}") is cls
     assert {c.id for c in p.components} == {
         "FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-        "DataValidationGate", "Transform", "Trainer", "latest_blessed_model_resolver",
-        "RetrievalEvaluator", "ModelCompressor", "Pusher"}
+        "DataValidationGate", "Transform", "SequenceGen", "Trainer",
+        "latest_blessed_model_resolver", "RetrievalEvaluator", "ModelCompressor", "Pusher"}

@@ -9,7 +9,7 @@ from tfx import v1 as tfx
 import pipeline
 from components.data_validation_gate.component import DataAnomaliesError
 from runner import local, mlmd_summary
-from tests.conftest import write
+from tests.conftest import SMALL_TRAINER, write
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,8 @@ def test_runs_through_trainer_and_records_in_mlmd(first_run):
     root, summary = first_run
     records = summary["records"]
     assert set(records) == {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
-                            "ExampleValidator", "DataValidationGate", "Transform", "Trainer",
+                            "ExampleValidator", "DataValidationGate", "Transform", "SequenceGen",
+                            "Trainer",
                             "latest_blessed_model_resolver", "RetrievalEvaluator",
                             "ModelCompressor", "Pusher"}
     assert all(r.state == "COMPLETE" for r in records.values())
@@ -74,7 +75,8 @@ def test_trainer_recorded_model_and_history(first_run):
     import json
     with open(os.path.join(run.uri, "training_history.json")) as f:
         history = json.load(f)
-    assert len(history["loss"]) == 5 and history["loss"][-1] < history["loss"][0]
+    assert len(history["loss"]) == SMALL_TRAINER["epochs"]
+    assert history["loss"][-1] < history["loss"][0]
 
 
 def test_second_run_with_unchanged_inputs_is_cached(small_pipeline):

@@ -40,3 +40,12 @@ NUM_AGE_BUCKETS = len(AGE_BOUNDARIES) + 1
 def transformed_name(key: str) -> str:
     """Name of the Transform output derived from raw feature ``key``."""
     return f"{key}_xf"
+
+# SequenceGen's output (components/sequence_gen), read by the Trainer and the export.
+WINDOW_USER = "user_xf"  # [1] user vocabulary index, -1 if out of vocabulary
+WINDOW_ITEMS = "items"  # [max_history + 1] item indices, oldest first, -1 pads the front
+HISTORY_USER = "user_id"  # raw user ID
+HISTORY_ITEMS = "history"  # item indices, the newest max_history, oldest first
+HISTORY_EXCLUDE = "exclude"  # item indices, distinct, newest first, up to exclusion_cap
+ENTITY_COUNT = "count"  # rows of the train split per item or user index
+PAD_INDEX = -1
