@@ -14,7 +14,7 @@ local stand-in), not ``tensorflow_model_server``.
 
 ``--synthetic-items N`` builds a SavedModel with the same ``serving_default``
 signature over N random items: the project's int8 candidate index
-(``components.compression.serving.Int8Index``, as in the pushed model; ``--index
+(``serving.savedmodel.index.Int8Index``, as in the pushed model; ``--index
 float`` for the Trainer's ``FloatIndex``), a user table, popularity cold start and
 top-100.
 """
@@ -50,8 +50,8 @@ class SyntheticCatalogModel(tf.Module):
     def __init__(self, num_items: int, num_users: int, dim: int, seed: int,
                  index: str = "int8") -> None:
         super().__init__()
-        from components.compression.serving import Int8Index
-        from trainer.export import FloatIndex
+        from serving.savedmodel.index import Int8Index
+        from serving.savedmodel.index import FloatIndex
         rng = np.random.default_rng(seed)
 
         def unit(n):
@@ -82,7 +82,7 @@ class SyntheticCatalogModel(tf.Module):
 def build_synthetic(num_items: int, work_dir: str, index: str = "int8",
                     num_users: int = 10_000, dim: int = 64, seed: int = 0) -> str:
     """Saves (once) the synthetic model as ``work_dir/1``; returns that directory."""
-    from components.compression.warmup import write_warmup_requests
+    from serving.savedmodel.warmup import write_warmup_requests
     path = os.path.join(work_dir, "1")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return path

@@ -1,4 +1,10 @@
-"""Evaluates an exported retrieval SavedModel through its own serving signature."""
+"""Evaluates an exported retrieval SavedModel through its own serving signatures.
+
+The query must not see the held-out split: a model that stores every interaction
+ingested (the served history) is asked through ``recommend_given_history`` with each
+user's train items only, oldest first, and told to leave out all of them. Models from
+before the history signature are asked through ``recommend_excluding``.
+"""
 from __future__ import annotations
 
 import time
@@ -10,37 +16,48 @@ import tensorflow as tf
 from evaluation.baselines import relevant_lists
 from evaluation.metrics import MetricAccumulator
 from evaluation.split_data import SplitMatrices
-from trainer.export import RECOMMEND_EXCLUDING
 
+RECOMMEND_GIVEN_HISTORY = "recommend_given_history"
+RECOMMEND_EXCLUDING = "recommend_excluding"
+
+
+def _id_batch(split: SplitMatrices, lists) -> np.ndarray:
+    """``[len(lists), longest]`` raw item IDs, "" padded."""
+    width = max(1, max(len(s) for s in lists))
+    out = np.full((len(lists), width), b"", dtype=object)
+    for i, s in enumerate(lists):
+        out[i, :len(s)] = [split.item_ids[j].encode() for j in s]
+    return out.astype(bytes)
 
 
 def _exclusion_batch(split: SplitMatrices, rows: np.ndarray) -> np.ndarray:
     """``[len(rows), max seen]`` raw item IDs each user saw in train, "" padded."""
-    seen = [split.train.indices[split.train.indptr[r]:split.train.indptr[r + 1]] for r in rows]
-    width = max(1, max(len(s) for s in seen))
-    out = np.full((len(rows), width), "", dtype=object)
-    for i, s in enumerate(seen):
-        out[i, :len(s)] = [split.item_ids[j] for j in s]
-    return out.astype(bytes)
+    return _id_batch(split, [split.train.indices[split.train.indptr[r]:split.train.indptr[r + 1]]
+                             for r in rows])
 
 
 def evaluate_saved_model(model_dir: str, split: SplitMatrices, ks: Sequence[int],
                          batch_size: int = 256) -> Dict[str, float]:
-    """Metrics of ``recommend_excluding`` for every user with eval items, in batches.
+    """Metrics for every user with eval items, in batches, with train items left out.
 
     Also reports ``latency_ms_per_batch`` (mean over batches of ``batch_size`` users).
     """
-    fn = tf.saved_model.load(model_dir).signatures[RECOMMEND_EXCLUDING]
+    signatures = tf.saved_model.load(model_dir).signatures
+    given = RECOMMEND_GIVEN_HISTORY in signatures and split.train_order is not None
+    fn = signatures[RECOMMEND_GIVEN_HISTORY if given else RECOMMEND_EXCLUDING]
     item_index = {item: i for i, item in enumerate(split.item_ids)}
     acc = MetricAccumulator(ks, len(split.item_ids))
     users = np.flatnonzero(split.relevant_counts() > 0)
     seconds = []
     for lo in range(0, len(users), batch_size):
         rows = users[lo:lo + batch_size]
-        ids = tf.constant([split.user_ids[r] for r in rows])
-        exclude = tf.constant(_exclusion_batch(split, rows))
+        args = {"user_id": tf.constant([split.user_ids[r] for r in rows]),
+                "exclude_item_ids": tf.constant(_exclusion_batch(split, rows))}
+        if given:
+            args["history_item_ids"] = tf.constant(
+                _id_batch(split, [split.train_history(r) for r in rows]))
         start = time.perf_counter()
-        out = fn(user_id=ids, exclude_item_ids=exclude)
+        out = fn(**args)
         seconds.append(time.perf_counter() - start)
         ranked = out["item_ids"].numpy()
         for r, row_items, rel in zip(rows, ranked, relevant_lists(split, rows)):

@@ -299,10 +299,10 @@ def plot_training(history: dict) -> Optional[str]:
     epochs = np.arange(1, len(history["loss"]) + 1)
     ax.plot(epochs, history["loss"], marker="o", label="train loss")
     if history.get("val_loss"):
-        ax.plot(epochs[:len(history["val_loss"])], history["val_loss"], marker="s",
-                label="eval loss")
+        val_epochs = history.get("val_epochs") or epochs[:len(history["val_loss"])]
+        ax.plot(val_epochs, history["val_loss"], marker="s", label="eval loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("sampled-softmax loss")
+    ax.set_ylabel(f"{history.get('softmax', 'sampled')}-softmax loss")
     ax.set_title(f"Training loss ({history.get('examples_per_second', 0):,.0f} examples/s)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()

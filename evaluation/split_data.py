@@ -24,9 +24,19 @@ class SplitMatrices:
     train: sp.csr_matrix
     eval: sp.csr_matrix
     eval_cold_items: np.ndarray  # [num_users] count of eval items outside the catalog
+    # Each user's train items in time order (catalog indices, repeats kept), as CSR;
+    # None when the split was built without timestamps.
+    train_order_indptr: Optional[np.ndarray] = None
+    train_order: Optional[np.ndarray] = None
 
     def relevant_counts(self) -> np.ndarray:
         return np.asarray(self.eval.sum(axis=1)).ravel() + self.eval_cold_items
+
+    def train_history(self, row: int) -> np.ndarray:
+        """Catalog indices of the user's train items, oldest first."""
+        if self.train_order is None:
+            raise ValueError("this split was built without timestamps")
+        return self.train_order[self.train_order_indptr[row]:self.train_order_indptr[row + 1]]
 
 
 def _read(directory: str):
@@ -46,34 +56,39 @@ def load_split(span_dir: str) -> SplitMatrices:
 
 
 def read_examples(pattern: str, batch_size: int = 65536):
-    """Raw ``user_id`` / ``item_id`` strings from gzip tf.Example files, in batches."""
+    """Raw ``user_id`` / ``item_id`` strings and timestamps from gzip tf.Example files."""
     import tensorflow as tf
     files = tf.io.gfile.glob(pattern)
     if not files:
         raise FileNotFoundError(f"no examples match {pattern}")
     spec = {"user_id": tf.io.FixedLenFeature([], tf.string),
-            "item_id": tf.io.FixedLenFeature([], tf.string)}
-    users, items = [], []
+            "item_id": tf.io.FixedLenFeature([], tf.string),
+            "timestamp": tf.io.FixedLenFeature([], tf.int64)}
+    users, items, times = [], [], []
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch_size)
     for batch in ds.map(lambda x: tf.io.parse_example(x, spec)).as_numpy_iterator():
         users.append(batch["user_id"].astype(object))
         items.append(batch["item_id"].astype(object))
-    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, object)  # noqa: E731
-    return cat(users), cat(items)
+        times.append(batch["timestamp"])
+    cat = lambda parts, t: np.concatenate(parts) if parts else np.zeros(0, t)  # noqa: E731
+    return cat(users, object), cat(items, object), cat(times, np.int64)
 
 
 def load_split_from_examples(examples_uri: str,
                              catalog: Optional[Sequence[str]] = None) -> SplitMatrices:
-    """The same matrices from an ExampleGen ``Examples`` artifact (``Split-train/eval``)."""
-    tu, ti = read_examples(os.path.join(examples_uri, "Split-train", "*"))
-    eu, ei = read_examples(os.path.join(examples_uri, "Split-eval", "*"))
+    """The same matrices from an ExampleGen ``Examples`` artifact (``Split-train/eval``),
+    with each user's train items in time order."""
+    tu, ti, tt = read_examples(os.path.join(examples_uri, "Split-train", "*"))
+    eu, ei, _ = read_examples(os.path.join(examples_uri, "Split-eval", "*"))
     decode = lambda a: np.array([x.decode() for x in a], dtype=object)  # noqa: E731
-    return build_split(decode(tu), decode(ti), decode(eu), decode(ei), catalog)
+    return build_split(decode(tu), decode(ti), decode(eu), decode(ei), catalog, tt)
 
 
 def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
-                catalog: Optional[Sequence[str]] = None) -> SplitMatrices:
-    """Matrices over ``catalog`` (default: every item in train) from raw ID arrays."""
+                catalog: Optional[Sequence[str]] = None,
+                train_times: Optional[np.ndarray] = None) -> SplitMatrices:
+    """Matrices over ``catalog`` (default: every item in train) from raw ID arrays;
+    with ``train_times``, also each user's train items in time order."""
     item_ids = list(catalog) if catalog is not None else sorted(set(ti))
     item_index: Dict[str, int] = {it: i for i, it in enumerate(item_ids)}
     user_ids = np.unique(np.concatenate([tu, eu])) if len(tu) + len(eu) else np.zeros(0)
@@ -94,4 +109,14 @@ def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
     ev = ev - ev.multiply(train)  # an eval item the user already had in train is not new
     ev.eliminate_zeros()
     cold = np.bincount(cold_rows, minlength=n_u)
-    return SplitMatrices(list(user_ids), item_ids, train.tocsr(), ev.tocsr(), cold)
+    split = SplitMatrices(list(user_ids), item_ids, train.tocsr(), ev.tocsr(), cold)
+    if train_times is not None:
+        rows = np.fromiter((user_index[u] for u in tu), np.int64, len(tu))
+        cols = np.fromiter((item_index.get(i, -1) for i in ti), np.int64, len(ti))
+        known = cols >= 0
+        rows, cols, times = rows[known], cols[known], np.asarray(train_times)[known]
+        order = np.lexsort((cols, times, rows))  # by user, then time (item breaks ties)
+        split.train_order = cols[order]
+        split.train_order_indptr = np.concatenate(
+            [[0], np.cumsum(np.bincount(rows, minlength=n_u))]).astype(np.int64)
+    return split

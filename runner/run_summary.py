@@ -74,7 +74,8 @@ def format_summary(s: dict) -> str:
     c = s["compression"]
     if c.get("size_ratio") is not None:
         lines.append(f"[summary] compression ({c['method']}): {c['size_ratio']:.2f}x smaller "
-                     f"({c['original_bytes']} -> {c['compressed_bytes']} bytes), recall@{k} "
+                     f"({c['original_bytes']} -> {c['compressed_bytes']} bytes; weights "
+                     f"{c.get('weight_size_ratio', float('nan')):.2f}x), recall@{k} "
                      f"drop {100 * c['recall_drop_relative']:.2f}% relative; "
                      f"{'BLESSED' if c['blessed'] else 'NOT BLESSED'}")
     else:

@@ -1,7 +1,7 @@
 """Asks a TensorFlow Serving endpoint (real or ``serving.server``) for recommendations.
 
     python -m serving.client --server HOST:PORT [--model-name recommender] --user-id ID
-        [--k 10] [--json]
+        [--k 10] [--history ID,ID,...] [--json]
 
 Library: ``RecommenderClient(ClientConfig(server=...)).recommend(["u1", "u2"], k=10)``.
 Every call names the model and the signature and has a deadline; ``UNAVAILABLE`` is
@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 SERVING_DEFAULT = "serving_default"
 RECOMMEND_EXCLUDING = "recommend_excluding"
+RECOMMEND_FROM_HISTORY = "recommend_from_history"
 
 EXIT_OK, EXIT_OTHER, EXIT_BAD_INPUT, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_REJECTED = \
     0, 1, 2, 3, 4, 5
@@ -121,31 +122,36 @@ class RecommenderClient:
     # --- the project's signatures --------------------------------------------
     def recommend(self, user_ids: Sequence[str], k: int = 10,
                   exclude_item_ids: Optional[Sequence[Sequence[str]]] = None,
-                  version: Optional[int] = None) -> List[Recommendation]:
+                  version: Optional[int] = None,
+                  history_item_ids: Optional[Sequence[Sequence[str]]] = None
+                  ) -> List[Recommendation]:
         """Top ``k`` items for each user, in one Predict call.
 
-        ``exclude_item_ids`` (one list per user) switches to ``recommend_excluding``.
+        ``history_item_ids`` (one list per user, oldest first: what each user did since
+        the model was exported, or a new user's whole history) switches to
+        ``recommend_from_history``; ``exclude_item_ids`` to ``recommend_excluding``.
         """
         users = [str(u) for u in user_ids]
         if not users:
             raise ServingError("no user IDs given", EXIT_BAD_INPUT)
         if k < 1:
             raise ServingError(f"k must be >= 1, got {k}", EXIT_BAD_INPUT)
+        if exclude_item_ids is not None and history_item_ids is not None:
+            raise ServingError("give history or exclusions, not both (the history's items "
+                               "are left out anyway)", EXIT_BAD_INPUT)
         request = self.new_request(version=version)
         request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(users, dtype=tf.string))
-        if exclude_item_ids is not None:
-            if len(exclude_item_ids) != len(users):
-                raise ServingError(f"got {len(exclude_item_ids)} exclusion lists for "
-                                   f"{len(users)} users", EXIT_BAD_INPUT)
-            # "" (no item) pads the rows and also leads each one: TF Serving's batching
-            # pads variable-length inputs with the tensor's first element, which must
-            # therefore exclude nothing (see batching_parameters.txt).
-            width = max(len(row) for row in exclude_item_ids)
-            padded = [[""] + list(map(str, row)) + [""] * (width - len(row))
-                      for row in exclude_item_ids]
-            request.model_spec.signature_name = RECOMMEND_EXCLUDING
-            request.inputs["exclude_item_ids"].CopyFrom(
-                tf.make_tensor_proto(padded, dtype=tf.string))
+        for lists, signature, name in ((exclude_item_ids, RECOMMEND_EXCLUDING, "exclude_item_ids"),
+                                       (history_item_ids, RECOMMEND_FROM_HISTORY,
+                                        "history_item_ids")):
+            if lists is None:
+                continue
+            if len(lists) != len(users):
+                raise ServingError(f"got {len(lists)} item lists for {len(users)} users",
+                                   EXIT_BAD_INPUT)
+            request.model_spec.signature_name = signature
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(_padded(lists),
+                                                               dtype=tf.string))
         response = self.predict(request)
         return parse_recommendations(users, response, k)
 
@@ -211,6 +217,14 @@ class RecommenderClient:
         return ServingError(f"{what} on {where} failed: {code.name}: {detail}", EXIT_OTHER, code)
 
 
+def _padded(lists: Sequence[Sequence[str]]) -> List[List[str]]:
+    """``[users, width]`` item IDs. "" (no item) pads the rows and also leads each one:
+    TF Serving's batching pads variable-length inputs with the tensor's first element,
+    which must therefore be no item (see batching_parameters.txt)."""
+    width = max(len(row) for row in lists)
+    return [[""] + list(map(str, row)) + [""] * (width - len(row)) for row in lists]
+
+
 def parse_recommendations(users: Sequence[str], response: predict_pb2.PredictResponse,
                           k: int) -> List[Recommendation]:
     """Reads the named outputs ``item_ids`` and ``scores`` (``[len(users), K]``)."""
@@ -224,11 +238,14 @@ def parse_recommendations(users: Sequence[str], response: predict_pb2.PredictRes
         raise ServingError(f"the answer has item_ids {list(items.shape)} and scores "
                            f"{list(scores.shape)} for {len(users)} users")
     version = response.model_spec.version.value
-    return [Recommendation(user_id=u,
-                           item_ids=tuple(x.decode("utf-8", "replace") for x in items[i, :k]),
-                           scores=tuple(float(s) for s in scores[i, :k]),
-                           model_version=version)
-            for i, u in enumerate(users)]
+    out = []
+    for i, u in enumerate(users):
+        # "" marks a slot with no item left to recommend (all others left out).
+        row = [(x.decode("utf-8", "replace"), float(s)) for x, s in zip(items[i], scores[i])
+               if x][:k]
+        out.append(Recommendation(user_id=u, item_ids=tuple(x for x, _ in row),
+                                  scores=tuple(s for _, s in row), model_version=version))
+    return out
 
 
 # --- command line -----------------------------------------------------------
@@ -282,6 +299,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--exclude", action="append", default=[], metavar="ITEM_ID",
                    help="leave this item out (uses the recommend_excluding signature)")
+    p.add_argument("--history", metavar="ID,ID,...",
+                   help="items the user interacted with since the model was exported, "
+                        "oldest first (a new user's whole history); they are added to the "
+                        "stored history and left out (recommend_from_history)")
     p.add_argument("--model-version", type=int, help="ask this version instead of the newest")
     p.add_argument("--batch-size", type=int, default=256, help="users per Predict call")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
@@ -294,8 +315,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    signature = RECOMMEND_EXCLUDING if args.exclude else SERVING_DEFAULT
+    history = [x.strip() for x in (args.history or "").split(",") if x.strip()]
+    signature = RECOMMEND_FROM_HISTORY if history else \
+        RECOMMEND_EXCLUDING if args.exclude else SERVING_DEFAULT
     try:
+        if history and args.exclude:
+            raise ServingError("give --history or --exclude, not both", EXIT_BAD_INPUT)
         users = _read_user_ids(args)
         if not users:
             raise ServingError("give at least one --user-id (or --user-ids/--user-ids-file)",
@@ -317,8 +342,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for lo in range(0, len(users), args.batch_size):
                 batch = users[lo:lo + args.batch_size]
                 exclude = [args.exclude] * len(batch) if args.exclude else None
-                results += client.recommend(batch, k=args.k, exclude_item_ids=exclude,
-                                            version=args.model_version)
+                results += client.recommend(
+                    batch, k=args.k, exclude_item_ids=exclude, version=args.model_version,
+                    history_item_ids=[history] * len(batch) if history else None)
     except ServingError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

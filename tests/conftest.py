@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 
 # Big enough for the model to clear the gate (beat popularity at recall@50).
 SMALL_SYNTHETIC = dict(num_interactions=20_000, seed=3)
-SMALL_TRAINER = dict(epochs=5, batch_size=512, tower_layers=(64,), output_dim=32,
+SMALL_TRAINER = dict(epochs=10, batch_size=32, tower_layers=(64,), output_dim=32,
                      id_embedding_dim=32)
 
 

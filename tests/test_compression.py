@@ -1,18 +1,16 @@
-"""Compression pieces: int8 quantization, the int8 tower, the core-ops query features."""
+"""Compression pieces: int8 quantization, the serving tower (float and int8), distillation."""
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
 
 from components.compression.component import choose
 from components.compression.distill import DistillationModel, student_config
-from components.compression.quantize import dequantize_rows, quantize_columns, quantize_rows
-from components.compression.serving import Int8Index, LookupQueryFeatures, QuantizedTower
-from tests.test_trainer_model import CANDIDATE_FEATURES, CFG, QUERY_FEATURES, SIZES, _batch
+from serving.savedmodel.index import Int8Index
+from serving.savedmodel.quantize import dequantize_rows, quantize_columns, quantize_rows
+from serving.savedmodel.tower import ServingTower
+from tests.test_trainer_model import CATALOG, CFG, QUERY_FEATURES, WINDOWS, _model
 from trainer.config import TrainerConfig
-from trainer.export import TransformQueryFeatures, _raw_serving_spec
-from trainer.model import build_towers
-from transform import features as F
+from trainer.data import HISTORY
 
 
 def test_quantize_rows_by_hand():
@@ -28,81 +26,55 @@ def test_quantize_rows_by_hand():
     assert qc.shape == (3, 3) and sc.shape == (3,)
 
 
-def test_int8_tower_and_index_match_float_ones():
-    query, candidate = build_towers(SIZES, CFG)
-    batch = _batch()
-    q_float = query({f: batch[f] for f in QUERY_FEATURES}).numpy()
-    q_int8 = QuantizedTower(query)({f: batch[f] for f in QUERY_FEATURES}).numpy()
+def test_serving_towers_match_the_keras_tower():
+    model = _model()
+    query, candidate = model.query_tower, model.candidate_tower
+    feats = {f: np.array([0, 1, 2, 1]) for f in QUERY_FEATURES}
+    feats[HISTORY] = np.random.default_rng(3).normal(size=(4, 4)).astype(np.float32)
+    q_float = query(feats).numpy()
+    np.testing.assert_allclose(ServingTower(query)(feats).numpy(), q_float, atol=1e-6)
+    items = {f: v[:4] for f, v in CATALOG.items()}
+    c_float = candidate(items).numpy()
+    np.testing.assert_allclose(ServingTower(candidate)(items).numpy(), c_float, atol=1e-6)
+    q_int8 = ServingTower(query, int8=True)(feats).numpy()
     cosine = (q_float * q_int8).sum(axis=1)
     assert (cosine > 0.999).all(), cosine
-    cands = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    cands = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
     exact = q_float @ cands.T
     approx = Int8Index(cands).scores(tf.constant(q_float)).numpy()
     np.testing.assert_allclose(approx, exact, atol=0.02)
 
 
-@pytest.mark.e2e
-def test_lookup_query_features_equal_the_transform_graph(small_pipeline):
-    root, summary, _ = small_pipeline
-    graph = tft.TFTransformOutput(summary["records"]["Transform"].uris()["transform_graph"])
-    spec = _raw_serving_spec(graph.raw_feature_spec())
-    rows = [(b"u0", 30, b"F", b"engineer"), (b"u5", -1, b"unknown", b"other"),
-            (b"never-seen", 70, b"X", b"astronaut"), (b"u7", 17, b"M", b"student")]
-    examples = []
-    for user, age, gender, occupation in rows:
-        feature = {
-            F.USER_ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[user])),
-            F.USER_AGE: tf.train.Feature(int64_list=tf.train.Int64List(value=[age])),
-            F.USER_GENDER: tf.train.Feature(bytes_list=tf.train.BytesList(value=[gender])),
-            F.USER_OCCUPATION: tf.train.Feature(
-                bytes_list=tf.train.BytesList(value=[occupation]))}
-        examples.append(tf.train.Example(
-            features=tf.train.Features(feature=feature)).SerializeToString())
-    raw = tf.io.parse_example(tf.constant(examples), spec)
-    expected = TransformQueryFeatures(graph.transform_features_layer())(raw)
-    lookup = LookupQueryFeatures({v: graph.vocabulary_file_by_name(v) for v in (
-        F.USER_VOCAB, F.GENDER_VOCAB, F.OCCUPATION_VOCAB)})(raw)
-    for name in QUERY_FEATURES:
-        assert lookup[name].numpy().tolist() == expected[name].numpy().tolist(), name
-
-
-PROB = np.array([0.4, 0.3, 0.2, 0.05, 0.03, 0.01, 0.01], np.float32)
-
-
-def _logits(query, candidate, batch):
-    q = query({f: batch[f] for f in QUERY_FEATURES}).numpy()
-    c = candidate({f: batch[f] for f in CANDIDATE_FEATURES}).numpy()
-    # Same as the Trainer's: q_i . c_j / T - log p(item_j), items 0..3 in this batch.
-    return q @ c.T / CFG.temperature - np.log(PROB[[0, 1, 2, 3]])[None, :]
-
-
-def _log_softmax(x):
-    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-
 def test_distillation_loss_mixes_labels_and_teacher_distribution():
-    teacher_q, teacher_c = build_towers(SIZES, CFG)
-    student_q, student_c = build_towers(SIZES, CFG)
-    batch = _batch()
-    t, s = _logits(teacher_q, teacher_c, batch), _logits(student_q, student_c, batch)
-    hard = -np.trace(_log_softmax(s))  # labels: each row's own item (the diagonal)
-    soft = -(np.exp(_log_softmax(t)) * _log_softmax(s)).sum()  # teacher's soft targets
+    teacher, student = _model(), _model()
+    t_logits, _ = teacher.logits(*teacher.positions(WINDOWS))
+    s_logits, _ = student.logits(*student.positions(WINDOWS))
+    targets = student.positions(WINDOWS)[1].numpy()
+    log_s = tf.nn.log_softmax(s_logits).numpy()
+    # Full softmax: labels are the target items; soft targets the teacher's softmax.
+    hard = -log_s[np.arange(len(targets)), targets].mean()
+    soft = -(tf.nn.softmax(t_logits).numpy() * log_s).sum(axis=1).mean()
     for alpha in (1.0, 0.0, 0.3):
-        model = DistillationModel(student_q, student_c, teacher_q, teacher_c, CFG, PROB, alpha)
-        assert float(model.compute_loss(batch)) == pytest.approx(
+        model = DistillationModel(student, teacher, alpha)
+        assert float(model.compute_loss(WINDOWS)) == pytest.approx(
             alpha * hard + (1 - alpha) * soft, rel=1e-4)
     # The teacher is frozen: only the student's weights train.
-    assert not teacher_q.trainable and not teacher_c.trainable
+    assert not teacher.trainable
     assert {id(v) for v in model.trainable_variables} == \
-        {id(v) for v in student_q.trainable_variables + student_c.trainable_variables}
+        {id(v) for v in student.trainable_variables}
 
 
-def test_student_config_divides_widths():
+def test_student_config_divides_the_served_widths():
     teacher = TrainerConfig(id_embedding_dim=64, output_dim=64, tower_layers=(256, 16))
     student = student_config(teacher, 2)
+    # The output width (the candidate index) halves; the unserved item-ID embedding and
+    # the hidden layers stay.
     assert (student.id_embedding_dim, student.output_dim, student.tower_layers) == \
-        (32, 32, (128, 8))
-    assert student_config(teacher, 4).tower_layers == (64, 8)  # never narrower than 8
+        (64, 32, (256, 16))
+    assert student_config(teacher, 16).output_dim == 8  # never narrower than 8
+    # With a user-ID embedding in the query tower, that is served and halves too.
+    with_id = TrainerConfig(id_embedding_dim=64, use_user_id=True)
+    assert student_config(with_id, 2).id_embedding_dim == 32
     assert student.temperature == teacher.temperature and student.epochs == teacher.epochs
     assert teacher.optimizer == "lazy_adam" and student.optimizer == "adam"
     with pytest.raises(ValueError, match="divisor 1"):
@@ -156,10 +128,39 @@ def test_measure_takes_the_drop_at_the_gate_k_even_below_10(monkeypatch, tmp_pat
     from components.compression import component
     fake = {"recall@5": 0.2, "recall@10": 0.4, "latency_ms_per_batch": 1.0}
     monkeypatch.setattr(component, "evaluate_saved_model", lambda *a: dict(fake))
-    original = {"recall@5": 0.25, "recall@10": 0.4, "size_bytes": 1000}
+    monkeypatch.setattr(component, "weight_bytes", lambda path: 40)
+    original = {"recall@5": 0.25, "recall@10": 0.4, "size_bytes": 1000, "weight_bytes": 200}
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "w").write_bytes(b"x" * 100)
     entry = component.Executor._measure(str(tmp_path / "m"), None, [5, 10], "m", original, 5)
     # Gate K = 5: (0.25 - 0.2) / 0.25 = 0.2, not the 0 that recall@10 would give.
     assert entry["recall_drop_relative"] == pytest.approx(0.2)
     assert entry["size_ratio"] == pytest.approx(10.0)
+    assert entry["weight_size_ratio"] == pytest.approx(5.0)
+
+
+def test_projected_student_with_every_direction_is_the_teacher():
+    # Kept directions P [d, d] are a rotation: q P . c P = q . c, and the history the
+    # query tower reads, h P, meets first-layer rows P^T W_h, so h P P^T W_h = h W_h.
+    # The student must then score exactly as the teacher.
+    from components.compression.distill import init_student_from_teacher
+    from serving.savedmodel.export import embed_catalog
+    teacher, student = _model(), _model()
+    t_logits, _ = teacher.logits(*teacher.positions(WINDOWS))
+    student.logits(*student.positions(WINDOWS))  # builds the student's variables
+    towers = lambda m: (m.query_tower, m.candidate_tower, m.encoder)  # noqa: E731
+    assert init_student_from_teacher(towers(teacher), towers(student),
+                                     embed_catalog(teacher.candidate_tower, CATALOG))
+    s_logits, _ = student.logits(*student.positions(WINDOWS))
+    np.testing.assert_allclose(s_logits.numpy(), t_logits.numpy(), atol=1e-4)
+
+
+def test_projected_student_keeps_the_principal_directions():
+    from components.compression.distill import principal_directions
+    rng = np.random.default_rng(0)
+    # Points spread along the first two axes, barely along the third.
+    x = rng.normal(size=(200, 3)) * np.array([3.0, 2.0, 0.01])
+    p = principal_directions(x, 2)
+    assert p.shape == (3, 2)
+    np.testing.assert_allclose(p.T @ p, np.eye(2), atol=1e-5)
+    assert abs(p[2]).max() < 0.01  # the third axis is dropped

@@ -30,6 +30,7 @@ print("SUMMARY " + json.dumps({k: summary[k] for k in ("strategy", "replicas", "
 def test_two_workers_train_and_chief_exports(small_pipeline, tmp_path):
     root, _, _ = small_pipeline
     transform = component_outputs(root, "Transform")
+    sequences = component_outputs(root, "SequenceGen")["sequences"]
     ports = [portpicker.pick_unused_port() for _ in range(2)]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     out = str(tmp_path / "model")
@@ -40,7 +41,7 @@ def test_two_workers_train_and_chief_exports(small_pipeline, tmp_path):
             CUDA_VISIBLE_DEVICES="")
         procs.append(subprocess.Popen(
             [sys.executable, "-c", _WORKER, transform["transform_graph"],
-             transform["transformed_examples"], out, str(tmp_path / f"run{index}"),
+             sequences, out, str(tmp_path / f"run{index}"),
              json.dumps(SMALL_TRAINER)],
             env=env, cwd=str(REPO_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True))

@@ -65,7 +65,7 @@ def test_training_progress_lines(capsys):
     cb.on_train_batch_end(0, {"loss": 3.5})
     cb.on_epoch_end(0, {"loss": 3.0, "val_loss": 3.2})
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("[trainer] epoch 1/2, step 1/4: ") and "examples/s" in out[0]
+    assert out[0].startswith("[trainer] epoch 1/2, step 1/4: ") and "windows/s" in out[0]
     assert "loss 3.5000" in out[0]
     assert "(epoch done)" in out[1] and "val_loss 3.2000" in out[1]
 

@@ -1,13 +1,32 @@
-"""The exported model answers in a process that imports nothing but TensorFlow."""
+"""The exported models answer in a process that imports nothing but TensorFlow, and
+never return what a user already interacted with."""
+import collections
+import glob
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import serving_model_dir
 from tests.tf_only_client import query_in_tensorflow_only_process
 
 pytestmark = pytest.mark.e2e
+USERS = [f"u{i}" for i in range(0, 40)]
+
+
+def _interactions(root):
+    """``(train item counts, {user: items of train and eval})`` of the prepared span."""
+    [span] = glob.glob(os.path.join(root, "prepared", "*", "span-1"))
+    seen, counts = collections.defaultdict(set), collections.Counter()
+    for split in ("train", "eval"):
+        table = pq.read_table(os.path.join(span, split), columns=["user_id", "item_id"])
+        for user, item in zip(table.column("user_id").to_pylist(),
+                              table.column("item_id").to_pylist()):
+            seen[user].add(item)
+            if split == "train":
+                counts[item] += 1
+    return counts, seen
 
 
 @pytest.fixture(scope="module", params=["trained", "pushed"])
@@ -16,42 +35,62 @@ def answers(request, small_pipeline):
     root, summary, _ = small_pipeline
     model_dir = serving_model_dir(summary) if request.param == "trained" else \
         summary["run_summary"]["pushed_version_dir"]
-    return query_in_tensorflow_only_process(model_dir, "u0")
+    counts, seen = _interactions(root)
+    users = [u for u in USERS if u in seen]
+    # A request history of three items none of the users has seen much of.
+    history = [i for i, _ in counts.most_common()][40:43]
+    return query_in_tensorflow_only_process(model_dir, users, history), users, seen, history
 
 
 def test_only_tensorflow_was_needed(answers):
-    assert answers["loaded"] == []
-    assert set(answers["signatures"]) == {"serving_default", "serve_tf_examples",
-                                          "recommend_excluding"}
-    assert answers["inputs"] == {"user_id": ["string", [None]]}
+    got = answers[0]
+    assert got["loaded"] == []
+    assert set(got["signatures"]) == {"serving_default", "serve_tf_examples",
+                                      "recommend_excluding", "recommend_from_history",
+                                      "recommend_given_history"}
+    assert got["inputs"] == {"user_id": ["string", [None]]}
+    assert got["history_inputs"] == {"user_id": ["string", [None]],
+                                     "history_item_ids": ["string", [None, None]]}
 
 
 def test_contract_shapes_dtypes_and_order(answers):
-    assert answers["item_dtype"] == "string" and answers["score_dtype"] == "float32"
-    items, scores = answers["items"], np.array(answers["scores"])
-    assert scores.shape == (2, 100) and [len(r) for r in items] == [100, 100]
+    got = answers[0]
+    assert got["item_dtype"] == "string" and got["score_dtype"] == "float32"
+    items, scores = got["items"], np.array(got["scores"])
+    assert scores.shape[1] == 100 and all(len(r) == 100 for r in items)
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # highest first
-    assert len(set(items[0])) == 100  # distinct items
+    assert all(len(set(r)) == 100 for r in items)  # distinct items
+
+
+def test_no_served_item_is_one_the_user_interacted_with(answers):
+    got, users, seen, _ = answers
+    for user, row in zip(users, got["items"]):
+        assert not set(row) & seen[user], user
+    assert not set(got["example_items"]) & seen[users[0]]
 
 
 def test_unknown_user_gets_popular_items(answers, small_pipeline):
     root, _, _ = small_pipeline
-    import glob
-    import pyarrow.parquet as pq
-    [span] = glob.glob(os.path.join(root, "prepared", "*", "span-1"))
-    train = pq.read_table(os.path.join(span, "train")).column("item_id").to_pylist()
-    counts = {}
-    for item in train:
-        counts[item] = counts.get(item, 0) + 1
-    top = sorted(counts, key=lambda i: -counts[i])[:10]
-    cold = answers["items"][1]
-    assert cold[0] == top[0]
-    assert set(cold[:5]) <= set(top)
-    assert answers["items"][0] != cold  # a known user gets a personal list
+    counts, _ = _interactions(root)
+    top = [i for i, _ in counts.most_common(10)]
+    cold = answers[0]["items"][-1]
+    assert cold[0] == top[0] and set(cold[:5]) <= set(top)
+    assert answers[0]["items"][0] != cold  # a known user gets a personal list
 
 
-def test_other_signatures_answer(answers):
-    assert len(answers["example_items"]) == 100
-    first = answers["items"][0][0]
-    assert first not in answers["excluded_items"]
-    assert answers["excluded_items"][0] == answers["items"][0][1]
+def test_request_history_personalises_and_is_left_out(answers):
+    got, users, seen, history = answers
+    new_user, known = got["from_history"]
+    # A new user with three items gets a list of its own, not the popularity list,
+    # without those items; the unknown "not-an-item" ID was ignored.
+    assert new_user != got["items"][-1] and not set(new_user) & set(history)
+    assert not set(known) & (set(history) | seen[users[0]])
+    # The given-history signature leaves out exactly what it is told to.
+    assert not set(got["given_history"]) & set(history)
+
+
+def test_recommend_excluding_leaves_out_the_listed_item(answers):
+    got = answers[0]
+    first = got["items"][0][0]
+    assert first not in got["excluded_items"]
+    assert got["excluded_items"][0] == got["items"][0][1]

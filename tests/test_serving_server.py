@@ -118,6 +118,29 @@ def test_client_library_batch_and_exclusion(server):
         assert c.recommend(["u0"], k=3, version=version)[0].item_ids == top3.item_ids
 
 
+def test_request_history_through_the_server(server):
+    proc, _, version = server
+    with RecommenderClient(ClientConfig(server=proc.address)) as c:
+        known, cold = c.recommend(["u0", "no-such-user"], k=K)
+        history = list(cold.item_ids[3:6])
+        new, old = c.recommend(["no-such-user", "u0"], k=K,
+                               history_item_ids=[history + ["not-an-item"], history[:1]])
+    # A new user with three items gets a list of their own, without those items; the
+    # unknown ID was ignored, not an error.
+    assert len(new.item_ids) == K and new.item_ids != cold.item_ids
+    assert not set(history) & set(new.item_ids)
+    # A known user's request item is added to the stored history and left out.
+    assert history[0] not in old.item_ids and old.item_ids != known.item_ids
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.client", "--server", proc.address, "--user-id",
+         "no-such-user", "--history", ",".join(history), "--k", "5", "--json"],
+        cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    answer = json.loads(out.stdout)
+    assert answer["model"]["signature"] == "recommend_from_history"
+    assert answer["results"][0]["item_ids"] == list(new.item_ids[:5])
+
+
 def test_metadata_lists_the_signatures(stubs, server):
     predict, _ = stubs
     _, _, version = server
@@ -128,7 +151,8 @@ def test_metadata_lists_the_signatures(stubs, server):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     assert response.metadata["signature_def"].Unpack(signatures)
     defs = signatures.signature_def
-    assert {"serving_default", "recommend_excluding", "serve_tf_examples"} <= set(defs)
+    assert {"serving_default", "recommend_from_history", "recommend_excluding",
+            "recommend_given_history", "serve_tf_examples"} <= set(defs)
     default = defs["serving_default"]
     assert set(default.inputs) == {"user_id"} and set(default.outputs) == {"item_ids", "scores"}
     assert default.inputs["user_id"].dtype == tf.string.as_datatype_enum

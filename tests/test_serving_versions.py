@@ -8,7 +8,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_status_pb2, model_pb2, predict_pb2,
                                      prediction_log_pb2)
 
-from components.compression.warmup import write_warmup_requests
+from serving.savedmodel.warmup import write_warmup_requests
 from serving.errors import RequestError
 from serving.version_manager import VersionManager, list_versions
 

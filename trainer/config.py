@@ -9,30 +9,50 @@ from transform.config import config_section
 OPTIMIZER_NAMES = ("lazy_adam", "adam")
 
 
+ENCODERS = ("mean", "attention")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
     """Model, loss and training settings.
 
-    ``tower_layers`` are the hidden widths of each tower's MLP (its depth is their
-    count); both towers end in a linear ``output_dim`` layer and L2 normalisation.
+    The query tower encodes the user's last ``max_history`` items (``encoder``: a
+    causal mean, or causal self-attention blocks plus the mean) and, optionally, the
+    user-ID embedding and the demographics; its MLP has the hidden widths
+    ``tower_layers``. Both towers end in a linear ``output_dim`` layer and L2
+    normalisation. ``batch_size`` counts training windows, each of ``max_history``
+    positions.
     """
 
     id_embedding_dim: int = 64
     feature_embedding_dim: int = 8
     tower_layers: Tuple[int, ...] = (256,)
     output_dim: int = 64
+    encoder: str = "mean"
+    attention_blocks: int = 2
+    attention_heads: int = 2
+    use_user_id: bool = False  # without it, model size does not grow with the users
+    use_user_features: bool = True
+    # Chance that a training position sees a user feature (and the user ID) as unknown,
+    # which trains the out-of-vocabulary rows that new users are answered from.
+    feature_dropout: float = 0.1
+    max_history: int = 50  # N: items per training window and in the served history
+    exclusion_cap: int = 1000  # served model's excluded items per user, newest first
     dropout: float = 0.1
     l2: float = 0.0
     temperature: float = 0.05
-    logq_correction: bool = True
-    mixed_negatives: int = 0  # extra uniformly sampled catalog items per batch
-    remove_accidental_hits: bool = True
+    # Full softmax over the catalog up to this many items; beyond it, a sampled
+    # softmax over ``num_negatives`` of the batch's targets with the log-Q correction.
+    full_softmax_max_items: int = 20_000
+    num_negatives: int = 4096
+    logq_correction: bool = True  # sampled softmax only
+    remove_accidental_hits: bool = True  # sampled softmax only
     learning_rate: float = 0.002
     # "lazy_adam" updates only the embedding rows a batch looked up (trainer/optim.py);
     # "adam" is Keras's Adam, whose every step touches every row of the ID tables.
     optimizer: str = "lazy_adam"
-    batch_size: int = 1024
-    epochs: int = 8
+    batch_size: int = 64
+    epochs: int = 20
     shuffle_buffer: int = 100_000
     top_k: int = 100
     seed: int = 42
@@ -41,17 +61,22 @@ class TrainerConfig:
         if self.top_k < 100:
             raise ValueError(f"top_k must be >= 100 (serving contract), got {self.top_k}")
         for name in ("id_embedding_dim", "feature_embedding_dim", "output_dim", "batch_size",
-                     "epochs"):
+                     "epochs", "max_history", "exclusion_cap", "attention_blocks",
+                     "attention_heads", "num_negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "feature_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ValueError(f"optimizer must be one of {OPTIMIZER_NAMES}, got {self.optimizer!r}")
-        if self.mixed_negatives < 0:
-            raise ValueError(f"mixed_negatives must be >= 0, got {self.mixed_negatives}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.encoder == "attention" and self.output_dim % self.attention_heads:
+            raise ValueError(f"output_dim {self.output_dim} must divide by attention_heads "
+                             f"{self.attention_heads}")
 
     def to_custom_config(self) -> dict:
         d = dataclasses.asdict(self)

@@ -1,44 +1,53 @@
-"""Two-tower retrieval model written with TensorFlow Recommenders.
+"""History-aware two-tower retrieval model written with TensorFlow Recommenders.
 
-Both towers embed an ID and side features, run an MLP and L2-normalise, so scores
-are cosine similarities divided by the softmax temperature. Training is in-batch
-sampled softmax with the log-Q correction for popularity-biased in-batch sampling,
-optionally mixed with uniformly sampled catalog negatives (Yang et al., 2020).
+The candidate tower embeds an item's ID and content features. The query tower sees
+the user's recent items as the candidate tower embeds them (shared, so the served
+model reads them from its own candidate index and needs no second item table),
+encoded by ``MeanEncoder`` or ``AttentionEncoder``, plus the optional user ID and
+demographics. Training predicts the next item at every position of a window in one
+pass (position ``t`` sees items ``<= t`` only), with a full softmax over the catalog
+when it is small enough, else a sampled softmax over in-batch targets with the log-Q
+correction (the choice and its reasons: docs/model.md).
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from trainer.config import TrainerConfig
-from trainer.data import CANDIDATE_FEATURES, ITEM_ID, QUERY_FEATURES
+from trainer.data import CANDIDATE_FEATURES, HISTORY, ITEM_ID, QUERY_FEATURES, USER_ID
+from transform import features as F
 
 keras = tf.keras  # tf_keras, because project_env sets TF_USE_LEGACY_KERAS=1
 
 
 class Tower(keras.Model):
-    """Embeds ``[batch]`` categorical inputs (and dense multi-hot ones), then an MLP.
+    """Embeds ``[batch]`` categorical inputs, adds dense ones, then an MLP.
 
     Args:
-      categorical: ``{feature: vocabulary size}`` for integer-index inputs; the first
-        one is the ID and gets ``id_embedding_dim``, the others ``feature_embedding_dim``.
+      categorical: ``{feature: vocabulary size}`` of integer-index inputs; ``id_feature``
+        gets ``id_embedding_dim``, the others ``feature_embedding_dim``.
       dense: names of ``[batch, width]`` float inputs, projected linearly (an
         embedding bag for multi-hot vectors).
+      passthrough: names of ``[batch, width]`` float inputs concatenated as they are
+        (the encoded history).
     Returns ``[batch, output_dim]`` unit vectors.
     """
 
     def __init__(self, categorical: Dict[str, int], dense: Sequence[str],
-                 cfg: TrainerConfig, name: str) -> None:
+                 cfg: TrainerConfig, name: str, id_feature: Optional[str] = None,
+                 passthrough: Sequence[str] = ()) -> None:
         super().__init__(name=name)
         reg = keras.regularizers.l2(cfg.l2) if cfg.l2 else None
         self._categorical = list(categorical)
         self._dense = list(dense)
+        self._passthrough = list(passthrough)
         self.embeddings = {}
-        for i, (feature, size) in enumerate(categorical.items()):
-            dim = cfg.id_embedding_dim if i == 0 else cfg.feature_embedding_dim
+        for feature, size in categorical.items():
+            dim = cfg.id_embedding_dim if feature == id_feature else cfg.feature_embedding_dim
             self.embeddings[feature] = keras.layers.Embedding(
                 size, dim, embeddings_regularizer=reg, name=f"{feature}_embedding")
         self.projections = {f: keras.layers.Dense(cfg.feature_embedding_dim * 2, use_bias=False,
@@ -51,65 +60,205 @@ class Tower(keras.Model):
         layers.append(keras.layers.Dense(cfg.output_dim, kernel_regularizer=reg))
         self.mlp = keras.Sequential(layers, name="mlp")
 
-    # No tensor-dependent Python control flow here or in TFRS's task, so AutoGraph's
+    # No tensor-dependent Python control flow here or in the loss, so AutoGraph's
     # source conversion (about 25 s of tracing per model) buys nothing.
     @tf.autograph.experimental.do_not_convert
     def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         parts = [self.embeddings[f](tf.reshape(features[f], [-1])) for f in self._categorical]
         parts += [self.projections[f](tf.cast(features[f], tf.float32)) for f in self._dense]
+        parts += [tf.cast(features[f], tf.float32) for f in self._passthrough]
         x = self.mlp(tf.concat(parts, axis=1), training=training)
         return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=1)
 
 
-def build_towers(sizes: Dict[str, int], cfg: TrainerConfig):
-    """``sizes`` gives the vocabulary size (OOV included) of each categorical feature."""
-    query = Tower({f: sizes[f] for f in QUERY_FEATURES}, (), cfg, "query_tower")
-    candidate = Tower({f: sizes[f] for f in (CANDIDATE_FEATURES[0], CANDIDATE_FEATURES[2])},
-                      (CANDIDATE_FEATURES[1],), cfg, "candidate_tower")
-    return query, candidate
+def causal_mean(vectors: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``[batch, T, d]`` and ``[batch, T]`` bool -> mean of the valid items up to each
+    position, ``[batch, T, d]`` (zeros before the first valid item)."""
+    m = tf.cast(mask, vectors.dtype)[..., tf.newaxis]
+    return tf.cumsum(vectors * m, axis=1) / tf.maximum(tf.cumsum(m, axis=1), 1.0)
 
 
-class TwoTowerModel(tfrs.Model):
-    """In-batch softmax over ``[batch (+ mixed negatives)]`` candidates.
+class MeanEncoder(keras.layers.Layer):
+    """The causal mean of the history's item vectors: ``[batch, T, d]``."""
 
-    Args:
-      item_probability: ``[num_item_buckets]`` sampling probability of each item
-        index in a training batch (its share of train interactions).
-      catalog_features: candidate-tower inputs for every catalog item, used to
-        embed mixed negatives.
+    output_factor = 1
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, vectors: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return causal_mean(vectors, mask)
+
+
+class AttentionEncoder(keras.layers.Layer):
+    """SASRec-style causal self-attention over the history, concatenated with the
+    causal mean: ``[batch, T, 2 d]``.
+
+    Learned positions are aligned to the newest item (position ``max_len - 1``), so a
+    served history of any length up to ``max_len`` reads them as training did.
+    Pre-norm blocks: LayerNorm, causal multi-head attention, residual; LayerNorm, a
+    ReLU feed-forward of width ``2 d``, residual.
     """
 
-    def __init__(self, query_tower: Tower, candidate_tower: Tower, cfg: TrainerConfig,
-                 item_probability: np.ndarray, catalog_features: Dict[str, np.ndarray]) -> None:
+    output_factor = 2
+
+    def __init__(self, max_len: int, dim: int, blocks: int, heads: int,
+                 dropout: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_len = max_len
+        self.positions = keras.layers.Embedding(max_len, dim, name="positions")
+        self.blocks = []
+        for b in range(blocks):
+            self.blocks.append((
+                keras.layers.LayerNormalization(epsilon=1e-6, name=f"ln_attn_{b}"),
+                keras.layers.MultiHeadAttention(heads, dim // heads, dropout=dropout,
+                                                name=f"attention_{b}"),
+                keras.layers.LayerNormalization(epsilon=1e-6, name=f"ln_ffn_{b}"),
+                keras.layers.Dense(2 * dim, activation="relu", name=f"ffn_in_{b}"),
+                keras.layers.Dense(dim, name=f"ffn_out_{b}")))
+        self.final_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ln_final")
+        self.drop = keras.layers.Dropout(dropout)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, vectors: tf.Tensor, mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+        t = tf.shape(vectors)[1]
+        positions = self.positions(tf.range(self.max_len - t, self.max_len))
+        m = tf.cast(mask, vectors.dtype)[..., tf.newaxis]
+        x = self.drop((vectors + positions[tf.newaxis]) * m, training=training)
+        causal = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)
+        attend = tf.logical_and(causal[tf.newaxis], mask[:, tf.newaxis, :])
+        for ln1, attention, ln2, ffn_in, ffn_out in self.blocks:
+            h = ln1(x)
+            x = x + attention(h, h, attention_mask=attend, training=training)
+            h = ln2(x)
+            x = (x + self.drop(ffn_out(ffn_in(h)), training=training)) * m
+        return tf.concat([self.final_norm(x) * m, causal_mean(vectors, mask)], axis=-1)
+
+
+def query_categorical(sizes: Dict[str, int], cfg: TrainerConfig) -> Dict[str, int]:
+    names = ((USER_ID,) if cfg.use_user_id else ()) + \
+        (QUERY_FEATURES[1:] if cfg.use_user_features else ())
+    return {f: sizes[f] for f in names}
+
+
+def build_towers(sizes: Dict[str, int], cfg: TrainerConfig, max_len: Optional[int] = None):
+    """``(query tower, candidate tower, history encoder)``; ``sizes`` gives the
+    vocabulary size (OOV included) of each categorical feature."""
+    encoder = (AttentionEncoder(max_len or cfg.max_history, cfg.output_dim,
+                                cfg.attention_blocks, cfg.attention_heads, cfg.dropout,
+                                name="history_encoder")
+               if cfg.encoder == "attention" else MeanEncoder(name="history_encoder"))
+    query = Tower(query_categorical(sizes, cfg), (), cfg, "query_tower", id_feature=USER_ID,
+                  passthrough=(HISTORY,))
+    candidate = Tower({f: sizes[f] for f in (CANDIDATE_FEATURES[0], CANDIDATE_FEATURES[2])},
+                      (CANDIDATE_FEATURES[1],), cfg, "candidate_tower", id_feature=ITEM_ID)
+    return query, candidate, encoder
+
+
+class SequenceRetrievalModel(tfrs.Model):
+    """Next-item softmax at every position of ``[batch, N + 1]`` item windows.
+
+    Args:
+      item_probability: ``[num_item_buckets]`` share of train interactions per item
+        index (the log-Q correction of the sampled softmax).
+      catalog_features: candidate-tower inputs of every catalog item ``[num_items]``.
+      user_features: ``[num_users + 1, 3]`` demographic indices; the last row is the
+        unknown user, which ``feature_dropout`` trains.
+    """
+
+    def __init__(self, query_tower: Tower, candidate_tower: Tower, encoder,
+                 cfg: TrainerConfig, item_probability: np.ndarray,
+                 catalog_features: Dict[str, np.ndarray], user_features: np.ndarray) -> None:
         super().__init__()
-        self.query_tower = query_tower
-        self.candidate_tower = candidate_tower
+        self.query_tower, self.candidate_tower, self.encoder = query_tower, candidate_tower, \
+            encoder
         self.cfg = cfg
         self.item_probability = tf.constant(item_probability, tf.float32)
         self.catalog = {k: tf.constant(v) for k, v in catalog_features.items()}
-        self.num_catalog_items = int(len(catalog_features[ITEM_ID]))
-        self.task = tfrs.tasks.Retrieval(temperature=cfg.temperature,
-                                         remove_accidental_hits=cfg.remove_accidental_hits)
+        self.num_items = int(len(catalog_features[ITEM_ID]))
+        self.user_features = tf.constant(user_features, tf.int64)
+        self.num_users = int(user_features.shape[0]) - 1
+        self.full_softmax = self.num_items <= cfg.full_softmax_max_items
+
+    def _candidates(self, ids: tf.Tensor, training: bool) -> tf.Tensor:
+        feats = {f: tf.gather(self.catalog[f], ids) for f in CANDIDATE_FEATURES}
+        return self.candidate_tower(feats, training=training)
+
+    def _query_features(self, users: tf.Tensor, training: bool) -> Dict[str, tf.Tensor]:
+        """``[P]`` user indices (-1 unknown) -> query-tower categorical inputs, with
+        ``feature_dropout`` of them replaced by the unknown user's while training."""
+        row = tf.where(users >= 0, users, self.num_users)
+        feats = tf.gather(self.user_features, row)
+        unknown = self.user_features[-1]
+        out = {}
+        if self.cfg.use_user_id:
+            out[USER_ID] = row
+        for i, name in enumerate(QUERY_FEATURES[1:]):
+            out[name] = feats[:, i]
+        if training and self.cfg.feature_dropout:
+            for i, name in enumerate(QUERY_FEATURES):
+                if name not in out:
+                    continue
+                drop = tf.random.uniform(tf.shape(row)) < self.cfg.feature_dropout
+                fill = self.num_users if name == USER_ID else unknown[i - 1]
+                out[name] = tf.where(drop, tf.cast(fill, tf.int64), out[name])
+        return out
+
+    def positions(self, features: Dict[str, tf.Tensor], training: bool = False):
+        """``(queries [P, d], targets [P], candidate ids [C], candidates [C, d])`` over
+        the ``P`` valid positions of the batch."""
+        items = tf.cast(features[F.WINDOW_ITEMS], tf.int64)
+        inputs, targets = items[:, :-1], items[:, 1:]
+        in_mask, valid = inputs >= 0, targets >= 0
+        if self.full_softmax:
+            cand_ids = tf.range(self.num_items, dtype=tf.int64)
+        else:
+            flat = tf.concat([tf.boolean_mask(inputs, in_mask),
+                              tf.boolean_mask(targets, valid)], axis=0)
+            cand_ids = tf.unique(flat).y
+        candidates = self._candidates(cand_ids, training)
+        # Position of each item index in cand_ids (all of them in the full case).
+        lookup = tf.scatter_nd(cand_ids[:, tf.newaxis], tf.range(tf.size(cand_ids)),
+                               [self.num_items]) if not self.full_softmax else None
+        where = (lambda x: x) if self.full_softmax else (lambda x: tf.gather(lookup, x))
+        vectors = tf.gather(candidates, where(tf.maximum(inputs, 0)))
+        encoded = self.encoder(vectors * tf.cast(in_mask, tf.float32)[..., tf.newaxis], in_mask,
+                               training=training)
+        pos = tf.where(valid)  # [P, 2]
+        users = tf.gather(tf.reshape(tf.cast(features[F.WINDOW_USER], tf.int64), [-1]),
+                          pos[:, 0])
+        q_in = self._query_features(users, training)
+        q_in[HISTORY] = tf.gather_nd(encoded, pos)
+        queries = self.query_tower(q_in, training=training)
+        return queries, tf.gather_nd(targets, pos), cand_ids, candidates, where
+
+    def logits(self, queries, targets, cand_ids, candidates, where,
+               negatives: Optional[tf.Tensor] = None):
+        """``[P, 1 + C']`` logits with the positive first, and ``negatives``, the
+        candidate rows used (all of them, or a sample of in-batch targets)."""
+        t = self.cfg.temperature
+        if self.full_softmax:
+            return tf.matmul(queries, candidates, transpose_b=True) / t, None
+        if negatives is None:
+            pick = tf.random.uniform([self.cfg.num_negatives], 0, tf.shape(targets)[0],
+                                     dtype=tf.int32)
+            negatives = tf.gather(targets, pick)
+        pos_vec = tf.gather(candidates, where(targets))
+        neg_vec = tf.gather(candidates, where(negatives))
+        pos = tf.reduce_sum(queries * pos_vec, axis=1, keepdims=True) / t
+        neg = tf.matmul(queries, neg_vec, transpose_b=True) / t
+        if self.cfg.logq_correction:
+            # Expected count of each item among num_negatives popularity draws.
+            logq = lambda ids: tf.math.log(  # noqa: E731
+                float(self.cfg.num_negatives) * tf.gather(self.item_probability, ids))
+            pos -= logq(targets)[:, tf.newaxis]
+            neg -= logq(negatives)[tf.newaxis, :]
+        if self.cfg.remove_accidental_hits:
+            hit = tf.equal(targets[:, tf.newaxis], negatives[tf.newaxis, :])
+            neg = tf.where(hit, tf.constant(-1e9, neg.dtype), neg)
+        return tf.concat([pos, neg], axis=1), negatives
 
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-        query = self.query_tower({f: features[f] for f in QUERY_FEATURES}, training=training)
-        cand_inputs = {f: features[f] for f in CANDIDATE_FEATURES}
-        ids = tf.reshape(features[ITEM_ID], [-1])
-        prob = tf.gather(self.item_probability, ids)
-        m = self.cfg.mixed_negatives
-        if m:
-            extra = tf.random.uniform([m], 0, self.num_catalog_items, dtype=tf.int64)
-            cand_inputs = {f: tf.concat([tf.cast(cand_inputs[f], self.catalog[f].dtype),
-                                         tf.gather(self.catalog[f], extra)], axis=0)
-                           for f in CANDIDATE_FEATURES}
-            ids = tf.concat([ids, extra], axis=0)
-            prob = tf.gather(self.item_probability, ids)
-            # Each candidate came from the mixture of B popularity draws and m uniform ones.
-            b = tf.cast(tf.shape(query)[0], tf.float32)
-            prob = (b * prob + m / self.num_catalog_items) / (b + m)
-        candidates = self.candidate_tower(cand_inputs, training=training)
-        return self.task(query, candidates,
-                         candidate_sampling_probability=prob if self.cfg.logq_correction
-                         else None,
-                         candidate_ids=ids, compute_metrics=False)
+        queries, targets, cand_ids, candidates, where = self.positions(features, training)
+        logits, _ = self.logits(queries, targets, cand_ids, candidates, where)
+        labels = targets if self.full_softmax else tf.zeros_like(targets)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))

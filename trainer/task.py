@@ -17,8 +17,10 @@ from absl import logging
 
 from trainer import data as D
 from trainer.config import TrainerConfig
-from trainer.export import RetrievalModule, TransformQueryFeatures, embed_catalog
-from trainer.model import TwoTowerModel, build_towers
+from serving.savedmodel.export import export_serving_model
+from serving.savedmodel.history import UserHistory, read_user_history
+from serving.savedmodel.warmup import MODEL_NAME
+from trainer.model import SequenceRetrievalModel, build_towers
 from trainer.optim import make_optimizer
 from trainer.strategy import choose_strategy, is_chief, strategy_name
 from transform import features as F
@@ -27,15 +29,20 @@ from transform.config import TransformConfig
 HISTORY_FILE = "training_history.json"
 TOWERS_DIR = "towers"  # beside Format-Serving in the Model artifact; read by compression
 TOWERS_SPEC = "spec.json"
+TOWERS_CHECKPOINT = "towers"
 
 
-def save_towers(model_uri: str, query_tower, candidate_tower, sizes: Dict[str, int],
+def towers_checkpoint(query_tower, candidate_tower, encoder) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(query=query_tower, candidate=candidate_tower, encoder=encoder)
+
+
+def save_towers(model_uri: str, query_tower, candidate_tower, encoder, sizes: Dict[str, int],
                 cfg: TrainerConfig, xcfg: TransformConfig) -> None:
-    """Keras weights and the settings that rebuild both towers (for fine-tuning)."""
+    """The trained weights and the settings that rebuild the towers (for compression)."""
     directory = os.path.join(model_uri, TOWERS_DIR)
     tf.io.gfile.makedirs(directory)
-    query_tower.save_weights(os.path.join(directory, "query"))
-    candidate_tower.save_weights(os.path.join(directory, "candidate"))
+    towers_checkpoint(query_tower, candidate_tower, encoder).write(
+        os.path.join(directory, TOWERS_CHECKPOINT))
     with tf.io.gfile.GFile(os.path.join(directory, TOWERS_SPEC), "w") as f:
         json.dump({"sizes": sizes, **cfg.to_custom_config(), **xcfg.to_custom_config()}, f)
 
@@ -66,14 +73,19 @@ def item_sampling_probability(catalog: D.Catalog, num_buckets: int) -> np.ndarra
 class ProgressLogger(tf.keras.callbacks.Callback):
     """Prints training progress every ``interval`` seconds and at each epoch's end.
 
-    One line: epoch, step, examples per second since the last line, and the loss.
+    One line: epoch, step, training windows per second since the last line, the loss.
     """
 
     def __init__(self, batch_size: int, steps_per_epoch: Optional[int], epochs: int,
-                 interval: float = 30.0, prefix: str = "[trainer]") -> None:
+                 interval: float = 30.0, prefix: str = "[trainer]",
+                 unit: str = "windows") -> None:
         super().__init__()
+        # Keras hands this callback the logs as tensors instead of converting them to
+        # numpy after every batch, which stalled each step (about 0.5 s per epoch of 16
+        # steps on ML-100K); they are read only when a line is printed.
+        self._supports_tf_logs = True
         self.batch_size, self.steps_per_epoch, self.epochs = batch_size, steps_per_epoch, epochs
-        self.interval, self.prefix = interval, prefix
+        self.interval, self.prefix, self.unit = interval, prefix, unit
         self._epoch = 0
         self._mark_time, self._mark_step, self._step = 0.0, 0, 0
 
@@ -83,10 +95,10 @@ class ProgressLogger(tf.keras.callbacks.Callback):
                                                                       1e-6)
         self._mark_time, self._mark_step = now, self._step
         total = f"/{self.steps_per_epoch}" if self.steps_per_epoch else ""
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()
+        losses = ", ".join(f"{k} {float(v):.4f}" for k, v in (logs or {}).items()
                            if k in ("loss", "val_loss"))
         return (f"{self.prefix} epoch {self._epoch + 1}/{self.epochs}, step {self._step}"
-                f"{total}{end}: {rate:,.0f} examples/s" + (f", {losses}" if losses else ""))
+                f"{total}{end}: {rate:,.0f} {self.unit}/s" + (f", {losses}" if losses else ""))
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch, self._step, self._mark_step = epoch, 0, 0
@@ -109,86 +121,122 @@ def _distributed(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.with_options(options)
 
 
+def load_training_data(train_patterns: Sequence[str], tft_output: tft.TFTransformOutput,
+                       cfg: TrainerConfig, xcfg: TransformConfig):
+    """``(sizes, catalog, number of training windows)`` from SequenceGen's output."""
+    D.check_window_length(train_patterns, cfg.max_history)
+    sizes = vocabulary_sizes(tft_output, xcfg)
+    genre_width = int(tft_output.transformed_feature_spec()[D.CANDIDATE_FEATURES[1]].shape[0])
+    catalog = D.build_catalog(train_patterns[0], tft_output.vocabulary_size_by_name(F.USER_VOCAB),
+                              tft_output.vocabulary_size_by_name(F.ITEM_VOCAB), genre_width,
+                              D.unknown_user_row(sizes))
+    return sizes, catalog, D.count_records(train_patterns)
+
+
+def training_model(query_tower, candidate_tower, encoder, cfg: TrainerConfig, sizes,
+                   catalog: D.Catalog) -> SequenceRetrievalModel:
+    return SequenceRetrievalModel(query_tower, candidate_tower, encoder, cfg,
+                                  item_sampling_probability(catalog, sizes[D.ITEM_ID]),
+                                  catalog.item_features(), catalog.user_features())
+
+
+def export(export_dir: str, query_tower, candidate_tower, encoder,
+           tft_output: tft.TFTransformOutput, catalog: D.Catalog, history: UserHistory,
+           cfg: TrainerConfig, int8: bool = False, model_name: str = MODEL_NAME) -> None:
+    """The serving SavedModel (``serving.savedmodel``) of trained towers: the Trainer's
+    float one, or the compressor's int8 one."""
+    export_serving_model(export_dir, query_tower, candidate_tower, encoder, tft_output,
+                         catalog.item_features(), catalog.user_features(),
+                         catalog.item_counts, history, cfg.top_k, cfg.max_history, int8=int8,
+                         model_name=model_name)
+
+
+def read_history(train_patterns: Sequence[str], tft_output: tft.TFTransformOutput,
+                 cfg: TrainerConfig) -> UserHistory:
+    """The served history and exclusion tables, from SequenceGen's ``history`` split."""
+    return read_user_history(D.sibling_split(train_patterns[0], D.HISTORY_SPLIT),
+                             tft_output.vocabulary_size_by_name(F.ITEM_VOCAB), cfg.max_history)
+
+
 def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str],
                      tft_output: tft.TFTransformOutput, cfg: TrainerConfig,
                      xcfg: TransformConfig, serving_model_dir: str, run_dir: str,
                      max_steps: Optional[int] = None) -> dict:
     """Trains, then writes the SavedModel (chief only) and returns the training history.
 
-    ``max_steps``: train for exactly this many batches (one epoch, the input repeated as
-    needed, validation on at most 50 batches) instead of ``cfg.epochs`` full passes.
+    ``train_patterns`` / ``eval_patterns``: SequenceGen's window splits. ``max_steps``:
+    train for exactly this many batches (one epoch, the input repeated as needed,
+    validation on at most 50 batches) instead of ``cfg.epochs`` full passes.
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     tf.keras.utils.set_random_seed(cfg.seed)
     strategy = choose_strategy()
-    spec = D.model_feature_spec(tft_output.transformed_feature_spec())
-    sizes = vocabulary_sizes(tft_output, xcfg)
-    num_users = tft_output.vocabulary_size_by_name(F.USER_VOCAB)
-    num_items = tft_output.vocabulary_size_by_name(F.ITEM_VOCAB)
-    genre_width = int(spec[D.CANDIDATE_FEATURES[1]].shape[0])
     catalog_start = time.time()
-    catalog = D.build_catalog(train_patterns, spec, num_users, num_items, genre_width)
+    sizes, catalog, num_windows = load_training_data(train_patterns, tft_output, cfg, xcfg)
     catalog_seconds = time.time() - catalog_start
-    logging.info("catalog: %d users, %d items, %d train examples; strategy %s with %d "
-                 "replicas", num_users, num_items, catalog.num_examples,
+    num_users, num_items = catalog.num_users, catalog.num_items
+    logging.info("catalog: %d users, %d items, %d train interactions in %d windows; strategy "
+                 "%s with %d replicas", num_users, num_items, catalog.num_examples, num_windows,
                  strategy_name(strategy), strategy.num_replicas_in_sync)
 
     with strategy.scope():
-        query_tower, candidate_tower = build_towers(sizes, cfg)
-        model = TwoTowerModel(query_tower, candidate_tower, cfg,
-                              item_sampling_probability(catalog, sizes[D.ITEM_ID]),
-                              catalog.item_features())
+        query_tower, candidate_tower, encoder = build_towers(sizes, cfg)
+        model = training_model(query_tower, candidate_tower, encoder, cfg, sizes, catalog)
         model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
-    batch = min(cfg.batch_size, max(32, catalog.num_examples // 4))
+    batch = min(cfg.batch_size, max(8, num_windows // 4))
+    spec = D.window_spec(cfg.max_history)
     train_ds = _distributed(D.make_dataset(train_patterns, spec, batch,
-                                           min(cfg.shuffle_buffer, catalog.num_examples),
-                                           cfg.seed))
+                                           min(cfg.shuffle_buffer, num_windows), cfg.seed))
     eval_ds = _distributed(D.make_dataset(eval_patterns, spec, batch))
-    epochs, fit_args = cfg.epochs, {}
+    # Validation loss about five times per run: each pass costs as much as a third of
+    # an epoch on small data, and the loss curve needs no more points than that.
+    epochs, fit_args = cfg.epochs, {"validation_freq": max(1, cfg.epochs // 5)}
     if max_steps is not None:
         epochs, train_ds = 1, train_ds.repeat()
-        fit_args = {"steps_per_epoch": max_steps, "validation_steps": 50}
+        fit_args = {"steps_per_epoch": max_steps, "validation_steps": 50}  # one epoch
         eval_ds = eval_ds.repeat()
-    steps_per_epoch = max_steps or catalog.num_examples // batch
+    steps_per_epoch = max_steps or num_windows // batch
     worker = os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("task", {})
     prefix = f"[trainer worker {worker.get('index', 0)}]" if worker else "[trainer]"
-    print(f"{prefix} {catalog.num_examples:,} train examples, {num_items:,} items, "
-          f"{num_users:,} users; batch {batch}, {steps_per_epoch} steps x {epochs} epochs",
-          flush=True)
+    print(f"{prefix} {catalog.num_examples:,} train interactions in {num_windows:,} windows "
+          f"of {cfg.max_history}, {num_items:,} items, {num_users:,} users; {cfg.encoder} "
+          f"encoder, {'full' if model.full_softmax else 'sampled'} softmax; batch {batch}, "
+          f"{steps_per_epoch} steps x {epochs} epochs", flush=True)
     start = time.time()
     history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=0,
                         callbacks=[ProgressLogger(batch, steps_per_epoch, epochs,
                                                   prefix=prefix)], **fit_args)
     train_seconds = time.time() - start
-    trained_examples = (max_steps * batch if max_steps is not None
-                        else catalog.num_examples * cfg.epochs)
+    trained_windows = max_steps * batch if max_steps is not None else num_windows * epochs
+    # Every train interaction is one target per pass over the windows.
+    trained_examples = int(trained_windows * catalog.num_examples / max(1, num_windows))
 
-    candidates = embed_catalog(candidate_tower, catalog.item_features())
-    module = RetrievalModule(
-        query_tower, candidates, tft_output.vocabulary_file_by_name(F.ITEM_VOCAB),
-        tft_output.vocabulary_file_by_name(F.USER_VOCAB), catalog.user_features(),
-        catalog.item_counts, TransformQueryFeatures(tft_output.transform_features_layer()),
-        tft_output.raw_feature_spec(), cfg.top_k)
     chief = is_chief()
     # Every worker saves (the save runs collectives), but only the chief keeps its copy.
     target = serving_model_dir if chief else tempfile.mkdtemp(prefix="worker_model_")
-    tf.saved_model.save(module, target, signatures=module.signatures())
+    export(target, query_tower, candidate_tower, encoder, tft_output, catalog,
+           read_history(train_patterns, tft_output, cfg), cfg)
     summary = {
         "loss": [float(x) for x in history.history.get("loss", [])],
         "val_loss": [float(x) for x in history.history.get("val_loss", [])],
+        # Keras validates after epochs freq, 2 freq, ... (1-based).
+        "val_epochs": list(range(fit_args["validation_freq"], epochs + 1,
+                                 fit_args["validation_freq"])) if max_steps is None else [1],
         "train_seconds": round(train_seconds, 2),
-        "train_examples": int(catalog.num_examples),
+        "train_examples": int(catalog.num_examples), "train_windows": int(num_windows),
         "examples_per_second": round(trained_examples / train_seconds, 1),
-        "trained_examples": int(trained_examples), "batch_size": int(batch),
+        "trained_examples": trained_examples, "trained_windows": int(trained_windows),
+        "batch_size": int(batch),
         "max_steps": max_steps, "catalog_seconds": round(catalog_seconds, 2),
         "num_users": num_users, "num_items": num_items,
+        "softmax": "full" if model.full_softmax else "sampled",
         "replicas": strategy.num_replicas_in_sync, "strategy": strategy_name(strategy),
         "config": cfg.to_custom_config()["trainer"],
     }
     if chief:
         save_towers(os.path.dirname(serving_model_dir.rstrip("/")), query_tower,
-                    candidate_tower, sizes, cfg, xcfg)
+                    candidate_tower, encoder, sizes, cfg, xcfg)
         tf.io.gfile.makedirs(run_dir)
         with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
             json.dump(summary, f, indent=2)

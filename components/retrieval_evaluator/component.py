@@ -3,7 +3,9 @@
 TFMA's Evaluator scores one prediction per example and has no catalog-level metric
 such as coverage; a retrieval model is judged per user over a ranked catalog, with
 the user's train items excluded. This component does that through the model's own
-``recommend_excluding`` signature, in batches of users, and emits a standard
+``recommend_given_history`` signature (the train items as the query's history, so no
+eval item leaks into it; ``recommend_excluding`` for older models), in batches of
+users, and emits a standard
 ``ModelBlessing`` (custom property ``blessed``) that the Pusher and
 ``LatestBlessedModelStrategy`` understand.
 """

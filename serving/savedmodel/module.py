@@ -1,0 +1,249 @@
+"""The self-contained serving SavedModel (signature contract in CONTRACTS.md).
+
+Signatures, all returning ``item_ids`` (``[batch, K]`` raw IDs) and ``scores``
+(``[batch, K]`` float32, highest first), none of them ever returning an item it was
+told to leave out:
+
+* ``serving_default(user_id)``: the query encodes the user's stored history (the
+  newest ``max_history`` items of every interaction ingested) and the answer leaves
+  out the user's stored items (up to ``exclusion_cap``).
+* ``recommend_from_history(user_id, history_item_ids [batch, M])``: the request's
+  items (oldest first, "" pads, unknown IDs ignored) are appended to the stored
+  history, which an unknown user does not have; stored and request items are left out.
+* ``recommend_excluding(user_id, exclude_item_ids [batch, M])``: ``serving_default``
+  that also leaves out the listed items.
+* ``recommend_given_history(user_id, history_item_ids, exclude_item_ids)``: the
+  query sees only the given history and only the given items are left out, so the
+  evaluator can score on a held-out split without its items leaking into the query.
+* ``serve_tf_examples(examples [batch] string)``: serialized tf.Examples with raw user
+  features go through the Transform graph; history and exclusions as ``serving_default``.
+
+A user with neither a known ID nor any history gets the most popular items, scored
+by their share of train interactions. If fewer than K items are left once a user's
+items are left out, the remaining slots hold "" with score -inf. Everything is core TensorFlow (hash tables,
+gathers, scatters, matmul, top_k), so ``tensorflow_model_server`` and a process
+importing only ``tensorflow`` can run it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from serving.savedmodel.features import raw_serving_spec, vocab_table
+from serving.savedmodel.index import FloatIndex
+from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
+from trainer.data import CANDIDATE_FEATURES, HISTORY, QUERY_FEATURES, USER_ID
+from transform import features as F
+
+SERVING_DEFAULT = "serving_default"
+RECOMMEND_FROM_HISTORY = "recommend_from_history"
+RECOMMEND_EXCLUDING = "recommend_excluding"
+RECOMMEND_GIVEN_HISTORY = "recommend_given_history"
+SERVE_TF_EXAMPLES = "serve_tf_examples"
+NEG_INF = float("-inf")
+
+
+def _smallest_int(values: np.ndarray):
+    """Narrowest integer dtype that holds ``values`` (bucket indices are small)."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if values.size == 0 or (values.min() >= np.iinfo(dtype).min
+                                and values.max() <= np.iinfo(dtype).max):
+            return dtype
+    return np.int64
+
+
+def _write_lines(values, name: str) -> str:
+    """A vocabulary-style asset file (one raw ID per line) for a text-file table."""
+    path = os.path.join(tempfile.mkdtemp(prefix="savedmodel_assets_"), name)
+    with open(path, "wb") as f:
+        for v in values:
+            f.write((v if isinstance(v, bytes) else str(v).encode()) + b"\n")
+    return path
+
+
+def _table(values: np.ndarray) -> tf.Variable:
+    """A CSR value array as a variable, with one spare entry so that gathers at a clamped
+    index stay inside it even when no row has entries."""
+    return tf.Variable(np.append(values, np.zeros(1, values.dtype)), trainable=False)
+
+
+def newest(items: tf.Tensor, n: int) -> tf.Tensor:
+    """``[batch, L]`` indices (-1 = none) -> ``[batch, n]``: each row's newest ``n`` valid
+    items in their order, right-aligned, -1 in front."""
+    valid = items >= 0
+    rank = tf.cumsum(tf.cast(valid, tf.int64), axis=1, reverse=True)  # 1 = newest
+    keep = tf.logical_and(valid, rank <= n)
+    where = tf.where(keep)
+    column = n - tf.gather_nd(rank, where)
+    batch = tf.shape(items, out_type=tf.int64)[0]
+    return tf.scatter_nd(tf.stack([where[:, 0], column], axis=1),
+                         tf.gather_nd(items, where) + 1, [batch, n]) - 1
+
+
+def exclude(scores: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """Sets ``scores[b, items[b, j]]`` to -inf for every valid (>= 0) item."""
+    where = tf.where(items >= 0)
+    idx = tf.stack([where[:, 0], tf.gather_nd(items, where)], axis=1)
+    return tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], NEG_INF))
+
+
+class RetrievalModule(tf.Module):
+    """Holds the query side, the candidate index and the lookup and history tables.
+
+    Args:
+      query_tower: query-feature dict (with the encoded ``history``) -> ``[batch, d]``
+        unit vectors (``ServingTower``, float32 or int8).
+      encoder: the history encoder, ``(vectors [b, T, d], mask [b, T]) -> [b, T, e]``.
+      index: ``FloatIndex``, ``Int8Index`` or a float ``[num_items, d]`` matrix.
+      user_features: ``[num_users + 1, 3]``, the last row the unknown user's.
+      history: the per-user history and exclusion lists (item indices).
+      example_features: parsed raw features -> query-tower inputs.
+    """
+
+    def __init__(self, query_tower, encoder, index, item_vocab_file: str,
+                 user_vocab_file: str, user_features: np.ndarray, item_counts: np.ndarray,
+                 history: UserHistory, example_features, raw_feature_spec: dict,
+                 top_k: int, max_history: int) -> None:
+        super().__init__(name="retrieval")
+        self.index = index if hasattr(index, "scores") else FloatIndex(index)
+        self.query_tower, self.encoder = query_tower, encoder
+        self.example_features = example_features
+        self.k = min(top_k, self.index.num_items)
+        self.max_history = int(max_history)
+        self.num_users = int(user_features.shape[0]) - 1
+        self.user_table = vocab_table(user_vocab_file)
+        self.item_table = vocab_table(item_vocab_file)
+        # Index -> raw item ID from the vocabulary asset (not a second copy in variables).
+        self.item_ids = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            item_vocab_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), "")
+        self.user_features = tf.Variable(user_features.astype(_smallest_int(user_features)),
+                                         trainable=False)
+        share = item_counts / max(1, item_counts.sum())
+        self.popularity = tf.Variable(share.astype(np.float32), trainable=False)
+        # Raw user ID -> row of the history tables (every user ingested, eval-only too).
+        self.history_rows = vocab_table(_write_lines(history.user_ids, "history_users.txt"))
+        self.recent_indptr = tf.Variable(history.recent_indptr, trainable=False)
+        self.recent = _table(history.recent)
+        self.override_indptr = tf.Variable(history.override_indptr, trainable=False)
+        self.override = _table(history.override)
+        self.history_users = len(history.user_ids)
+        self._raw_spec = raw_serving_spec(raw_feature_spec)
+
+    # -- pieces -------------------------------------------------------------------
+    def _stored(self, rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``(history [batch, max_history] right-aligned, exclusions [batch, longest])``
+        item indices of history-table ``rows``, -1 padded (serving.savedmodel.history)."""
+        start, end = csr_bounds(self.recent_indptr, rows)
+        o_start, o_end = csr_bounds(self.override_indptr, rows)
+        history = tf.where((o_end > o_start)[:, tf.newaxis],
+                           tail(self.override, o_start, o_end, self.max_history),
+                           tail(self.recent, start, end, self.max_history))
+        return history, rows_of(self.recent, start, end)
+
+    def _user_inputs(self, user_id: tf.Tensor, given: Optional[Dict] = None):
+        """``({query feature: [batch] int64}, [batch] in the user vocabulary)``: the
+        stored features of the user's row, replaced by ``given`` ones (from a request)."""
+        idx = self.user_table.lookup(user_id)
+        known = idx >= 0
+        row = tf.where(known, idx, self.num_users)  # OOV users: the first OOV bucket
+        feats = tf.cast(tf.gather(self.user_features, row), tf.int64)
+        inputs = {name: feats[:, i] for i, name in enumerate(QUERY_FEATURES[1:])}
+        inputs[USER_ID] = row
+        for name, value in (given or {}).items():
+            if name in inputs:
+                inputs[name] = tf.cast(tf.reshape(value, [-1]), tf.int64)
+        # The tower reads the inputs it was built with (the user ID only if it has it).
+        return inputs, known
+
+    def _encode(self, history: tf.Tensor) -> tf.Tensor:
+        """``[batch, T]`` item indices (-1 pads) -> ``[batch, e]`` encoded history."""
+        mask = history >= 0
+        vectors = self.index.rows(tf.maximum(history, 0)) * \
+            tf.cast(mask, tf.float32)[..., tf.newaxis]
+        return self.encoder(vectors, mask, training=False)[:, -1, :]
+
+    # The one ranking graph, stored once and called by every signature.
+    @tf.function(autograph=False, input_signature=[
+        {name: tf.TensorSpec([None], tf.int64) for name in QUERY_FEATURES},
+        tf.TensorSpec([None], tf.bool), tf.TensorSpec([None, None], tf.int64),
+        tf.TensorSpec([None, None], tf.int64)])
+    def _rank(self, inputs, known, history, exclusions):
+        """Top K of ``[batch]`` query-tower inputs and ``[batch, T]`` history item
+        indices, leaving out ``[batch, L]`` item indices (-1 pads both); popularity for a
+        user with neither a known ID nor any history."""
+        inputs = dict(inputs)
+        inputs[HISTORY] = self._encode(history)
+        scores = self.index.scores(self.query_tower(inputs, training=False))
+        personal = tf.logical_or(known, tf.reduce_any(history >= 0, axis=1))
+        cold = tf.broadcast_to(self.popularity[tf.newaxis, :], tf.shape(scores))
+        scores = exclude(tf.where(personal[:, tf.newaxis], scores, cold), exclusions)
+        top = tf.math.top_k(scores, k=self.k, sorted=True)
+        ids = self.item_ids.lookup(tf.cast(top.indices, tf.int64))
+        # Past the last item a user may get (all others left out), slots are "" / -inf.
+        allowed = top.values > NEG_INF
+        return {"item_ids": tf.where(allowed, ids, tf.constant("")), "scores": top.values}
+
+    def _recommend(self, user_id, extra_history, extra_exclude):
+        """The stored history plus ``extra_history``; stored, extra and ``extra_exclude``
+        items left out."""
+        stored, seen = self._stored(self.history_rows.lookup(user_id))
+        history = newest(tf.concat([stored, extra_history], axis=1), self.max_history)
+        inputs, known = self._user_inputs(user_id)
+        return self._rank(inputs, known, history,
+                          tf.concat([seen, extra_history, extra_exclude], axis=1))
+
+    def _item_index(self, item_ids: tf.Tensor) -> tf.Tensor:
+        return self.item_table.lookup(item_ids)  # "" and unknown IDs -> -1
+
+    def _none(self, user_id: tf.Tensor) -> tf.Tensor:
+        return tf.fill(tf.stack([tf.shape(user_id)[0], 0]), tf.constant(-1, tf.int64))
+
+    # -- signatures ---------------------------------------------------------------
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(self, user_id):
+        return self._recommend(user_id, self._none(user_id), self._none(user_id))
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string,
+                                                name="history_item_ids")])
+    def recommend_from_history(self, user_id, history_item_ids):
+        return self._recommend(user_id, self._item_index(history_item_ids),
+                               self._none(user_id))
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string,
+                                                name="exclude_item_ids")])
+    def recommend_excluding(self, user_id, exclude_item_ids):
+        return self._recommend(user_id, self._none(user_id),
+                               self._item_index(exclude_item_ids))
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None, None], tf.string,
+                                                name="history_item_ids"),
+                                  tf.TensorSpec([None, None], tf.string,
+                                                name="exclude_item_ids")])
+    def recommend_given_history(self, user_id, history_item_ids, exclude_item_ids):
+        history = newest(self._item_index(history_item_ids), self.max_history)
+        inputs, known = self._user_inputs(user_id)
+        return self._rank(inputs, known, history, self._item_index(exclude_item_ids))
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_tf_examples(self, examples):
+        raw = tf.io.parse_example(examples, self._raw_spec)
+        user_id = tf.reshape(raw[F.USER_ID], [-1])
+        history, seen = self._stored(self.history_rows.lookup(user_id))
+        inputs, known = self._user_inputs(user_id, self.example_features(raw))
+        return self._rank(inputs, known, history, seen)
+
+    def signatures(self) -> dict:
+        # tf.functions, not concrete functions: traced once, inside the save, instead of
+        # once here and again by tf.saved_model.save (which doubled the graph).
+        return {SERVING_DEFAULT: self.serve, RECOMMEND_FROM_HISTORY: self.recommend_from_history,
+                RECOMMEND_EXCLUDING: self.recommend_excluding,
+                RECOMMEND_GIVEN_HISTORY: self.recommend_given_history,
+                SERVE_TF_EXAMPLES: self.serve_tf_examples}
