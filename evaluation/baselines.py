@@ -25,6 +25,17 @@ def _ranked(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:
     return np.take_along_axis(top, order, axis=1)
 
 
+def top_k_excluding(scores: np.ndarray, seen: sp.csr_matrix, k: int) -> np.ndarray:
+    """Public name of :func:`_ranked` for scoring users outside the fitted matrix.
+
+    ``scores``: ``[users, items]``; ``seen``: the same shape, nonzero = never ranked.
+    Returns ``[users, min(k, items)]`` item indices, best first.
+    """
+    if scores.shape != seen.shape:
+        raise ValueError(f"got scores of shape {scores.shape} and seen of shape {seen.shape}")
+    return _ranked(scores, seen, k)
+
+
 def popularity_scores(train: sp.csr_matrix) -> np.ndarray:
     return np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
 
