@@ -8,7 +8,7 @@ from components.compression.distill import DistillationModel, student_config
 from serving.savedmodel.index import Int8Index
 from serving.savedmodel.quantize import dequantize_rows, quantize_columns, quantize_rows
 from serving.savedmodel.tower import ServingTower
-from tests.test_trainer_model import CATALOG, CFG, QUERY_FEATURES, WINDOWS, _model
+from tests.test_trainer_model import CATALOG, QUERY_FEATURES, WINDOWS, _model
 from trainer.config import TrainerConfig
 from trainer.data import HISTORY
 

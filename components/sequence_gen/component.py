@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
-import apache_beam as beam
 import pyarrow as pa
 import tensorflow_transform as tft
 from tfx import types

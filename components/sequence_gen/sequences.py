@@ -25,7 +25,6 @@ from typing import Dict, Iterable, Iterator, List, Sequence, Tuple
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-import numpy as np
 import pyarrow as pa
 from tfx_bsl.coders import example_coder
 

@@ -46,23 +46,29 @@ def index_dtype(num_items: int):
 def build_user_history(rows: Iterable[Tuple[bytes, Sequence[int], Sequence[int]]],
                        max_history: int, num_items: int) -> UserHistory:
     """``(user, history oldest first, exclusions newest first)`` rows of item indices
-    -> the tables."""
+    -> the tables. Rows may be lists or NumPy arrays; memory is the tables' own."""
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
+    dtype = index_dtype(num_items)
     users: List[bytes] = []
-    recent_indptr, recent, override_indptr, override = [0], [], [0], []
+    recent_sizes, recent, override_sizes, override = [], [], [], []
     for user, history, exclude in rows:
         users.append(user)
-        ordered = list(exclude)[::-1]
-        recent.extend(ordered)
-        recent_indptr.append(len(recent))
-        history = list(history)[-max_history:]
-        if history != ordered[-max_history:]:
-            override.extend(history)
-        override_indptr.append(len(override))
-    dtype = index_dtype(num_items)
-    return UserHistory(users, np.asarray(recent_indptr, np.int32), np.asarray(recent, dtype),
-                       np.asarray(override_indptr, np.int32), np.asarray(override, dtype))
+        ordered = np.asarray(exclude, dtype)[::-1]
+        history = np.asarray(history, dtype)[-max_history:]
+        recent.append(ordered)
+        recent_sizes.append(len(ordered))
+        derived = ordered[-max_history:]
+        if len(history) != len(derived) or not np.array_equal(history, derived):
+            override.append(history)
+            override_sizes.append(len(history))
+        else:
+            override_sizes.append(0)
+    indptr = lambda sizes: np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]  # noqa: E731
+                                          ).astype(np.int32)
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    return UserHistory(users, indptr(recent_sizes), cat(recent), indptr(override_sizes),
+                       cat(override))
 
 
 def read_user_history(pattern: str, num_items: int, max_history: int) -> UserHistory:
@@ -74,11 +80,15 @@ def read_user_history(pattern: str, num_items: int, max_history: int) -> UserHis
     if not files:
         raise FileNotFoundError(f"no SequenceGen history rows match {pattern}")
 
+    def split(ragged) -> List[np.ndarray]:
+        values, bounds = ragged.flat_values.numpy(), ragged.row_splits.numpy()
+        return np.split(values, bounds[1:-1])
+
     def rows():
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
         for batch in ds.map(lambda x: tf.io.parse_example(x, spec)):
-            yield from zip(batch[F.HISTORY_USER].numpy(), batch[F.HISTORY_ITEMS].to_list(),
-                           batch[F.HISTORY_EXCLUDE].to_list())
+            yield from zip(batch[F.HISTORY_USER].numpy(), split(batch[F.HISTORY_ITEMS]),
+                           split(batch[F.HISTORY_EXCLUDE]))
 
     return build_user_history(rows(), max_history, num_items)
 

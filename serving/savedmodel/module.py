@@ -20,9 +20,9 @@ told to leave out:
 
 A user with neither a known ID nor any history gets the most popular items, scored
 by their share of train interactions. If fewer than K items are left once a user's
-items are left out, the remaining slots hold "" with score -inf. Everything is core TensorFlow (hash tables,
-gathers, scatters, matmul, top_k), so ``tensorflow_model_server`` and a process
-importing only ``tensorflow`` can run it.
+items are left out, the remaining slots hold "" with score -inf. Everything is core
+TensorFlow (hash tables, gathers, scatters, matmul, top_k), so
+``tensorflow_model_server`` and a process importing only ``tensorflow`` can run it.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import tensorflow as tf
 from serving.savedmodel.features import raw_serving_spec, vocab_table
 from serving.savedmodel.index import FloatIndex
 from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
-from trainer.data import CANDIDATE_FEATURES, HISTORY, QUERY_FEATURES, USER_ID
+from trainer.data import HISTORY, QUERY_FEATURES, USER_ID
 from transform import features as F
 
 SERVING_DEFAULT = "serving_default"
