@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from evaluation.baselines import relevant_lists
+from evaluation.holdout import history_batch
 from evaluation.metrics import MetricAccumulator
 from evaluation.split_data import SplitMatrices
 
@@ -22,12 +23,8 @@ RECOMMEND_EXCLUDING = "recommend_excluding"
 
 
 def _id_batch(split: SplitMatrices, lists) -> np.ndarray:
-    """``[len(lists), longest]`` raw item IDs, "" padded."""
-    width = max(1, max(len(s) for s in lists))
-    out = np.full((len(lists), width), b"", dtype=object)
-    for i, s in enumerate(lists):
-        out[i, :len(s)] = [split.item_ids[j].encode() for j in s]
-    return out.astype(bytes)
+    """``[len(lists), longest]`` raw item IDs of catalog-index lists, "" padded."""
+    return history_batch([[split.item_ids[j] for j in s] for s in lists])
 
 
 def _exclusion_batch(split: SplitMatrices, rows: np.ndarray) -> np.ndarray:
