@@ -1,11 +1,22 @@
 """Turns a raw data directory into ExampleGen's input: ``span-N/{train,eval}/*.parquet``.
 
-One span is one snapshot of all interactions up to that point. ExampleGen's input
-patterns use ``span-{SPAN}`` and so always read the newest span; a scheduled run
-picks up new data as soon as a new span folder lands. When the raw directory itself
-holds ``span-N`` folders, each one is prepared as span N. Otherwise the raw directory
-is one snapshot: an unchanged snapshot maps to the span already written (so the
-pipeline's cache hits), a changed one becomes the next span.
+A prepared span holds every interaction up to that point, split into train and eval,
+and a ``span`` column that says in which increment each row arrived. ExampleGen's
+input patterns use ``span-{SPAN}`` and so always read the newest span; a scheduled
+run picks up new data as soon as a new span folder lands.
+
+Two raw layouts:
+
+* **Increments** (continuous training): the raw directory holds ``span-1/``,
+  ``span-2/``, ... each in one of the supported formats and each holding only the
+  interactions that are new since the previous span. Prepared span N is spans
+  1..N together, split by global time (the eval window is the newest interactions).
+  The manifest records the fingerprint of every increment; an increment that changed
+  after it was prepared is reported (``changed_spans``), and the Trainer, which
+  compares the rows themselves, then retrains from scratch.
+* **One snapshot**: an unchanged snapshot maps to the span already written (so the
+  pipeline's cache hits), a changed one becomes the next span, all of its rows in
+  that span.
 
 Spans are written to a temporary folder and renamed into place, so an interrupted
 run never leaves a half-written span for ExampleGen to read.
@@ -23,7 +34,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +43,11 @@ import pyarrow.parquet as pq
 from ingest.readers import detect_format, read_dataset
 from ingest.report import DropReport
 from ingest.split import SplitConfig, temporal_split
-from ingest.tables import Dataset, Interactions
+from ingest.tables import Dataset, IdCodes, Interactions
 
 SPAN_DIR = re.compile(r"^span-(\d+)$")
 SHARD_ROWS = 250_000
-PREPARED_VERSION = 2  # bump when the prepared layout or columns change
+PREPARED_VERSION = 3  # bump when the prepared layout or columns change
 MANIFEST = "manifest.json"
 REPORT = "ingest_report.json"
 
@@ -45,8 +56,9 @@ SCHEMA = pa.schema([
     ("user_id", pa.string()), ("item_id", pa.string()), ("rating", pa.float32()),
     ("timestamp", pa.int64()), ("user_age", pa.int64()), ("user_gender", pa.string()),
     ("user_occupation", pa.string()), ("item_genres", pa.list_(pa.string())),
-    ("item_year", pa.int64()),
+    ("item_year", pa.int64()), ("span", pa.int64()),
 ])
+CONTINUOUS_SPLIT = SplitConfig("global_time")  # the default split of increments
 
 
 @dataclasses.dataclass
@@ -68,8 +80,8 @@ def source_fingerprint(source_dir: str, split: SplitConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def existing_spans(output_dir: str) -> Dict[int, str]:
-    """``{span: fingerprint}`` of complete spans under ``output_dir``."""
+def read_manifests(output_dir: str) -> Dict[int, dict]:
+    """``{span: manifest}`` of complete spans under ``output_dir``."""
     spans = {}
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
@@ -77,47 +89,115 @@ def existing_spans(output_dir: str) -> Dict[int, str]:
             manifest = os.path.join(output_dir, name, MANIFEST)
             if m and os.path.isfile(manifest):
                 with open(manifest) as f:
-                    spans[int(m.group(1))] = json.load(f)["fingerprint"]
+                    spans[int(m.group(1))] = json.load(f)
     return spans
 
 
-def prepare(data_dir: str, output_dir: str, split: SplitConfig = SplitConfig(),
+def existing_spans(output_dir: str) -> Dict[int, str]:
+    """``{span: fingerprint}`` of complete spans under ``output_dir``."""
+    return {s: m["fingerprint"] for s, m in read_manifests(output_dir).items()}
+
+
+def raw_spans(data_dir: str) -> List[Tuple[int, str]]:
+    """``[(span, folder)]`` of the ``span-N`` increments in ``data_dir``, oldest first."""
+    return sorted((int(m.group(1)), os.path.join(data_dir, n))
+                  for n in os.listdir(data_dir) if (m := SPAN_DIR.match(n))
+                  and os.path.isdir(os.path.join(data_dir, n)))
+
+
+def default_split(data_dir: str, strategy: Optional[str] = None,
+                  eval_fraction: float = 0.2) -> SplitConfig:
+    """``strategy``, or by default global time for increments and per user otherwise."""
+    if strategy is None:
+        increments = os.path.isdir(data_dir) and raw_spans(data_dir)
+        strategy = CONTINUOUS_SPLIT.strategy if increments else SplitConfig.strategy
+    return SplitConfig(strategy, eval_fraction)
+
+
+def changed_spans(previous: Dict[str, str], current: Dict[str, str]) -> List[int]:
+    """Increments recorded in ``previous`` that are now different or gone."""
+    return sorted(int(s) for s, fp in previous.items() if current.get(s) != fp)
+
+
+def prepare(data_dir: str, output_dir: str, split: Optional[SplitConfig] = None,
             max_bad_fraction: float = 0.01, log=print) -> List[PreparedSpan]:
-    """Prepares every span of ``data_dir``; returns them, newest last."""
+    """Prepares the newest span of ``data_dir``; returns it in a one-item list.
+
+    ``split`` defaults to the global-time split for increments and to per-user
+    otherwise (``ingest/split.py``).
+    """
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir}: not a directory")
-    span_dirs = sorted((int(m.group(1)), os.path.join(data_dir, n))
-                       for n in os.listdir(data_dir) if (m := SPAN_DIR.match(n))
-                       and os.path.isdir(os.path.join(data_dir, n)))
-    known = existing_spans(output_dir)
-    if span_dirs:
-        plan = [(span, src) for span, src in span_dirs]
+    increments = raw_spans(data_dir)
+    manifests = read_manifests(output_dir)
+    split = split or default_split(data_dir)
+    if increments:
+        span = increments[-1][0]
+        sources = {str(s): source_fingerprint(src, split) for s, src in increments}
+        fp = hashlib.sha256(json.dumps(sorted(sources.items())).encode()).hexdigest()[:20]
+        older = [s for s in manifests if s <= span and "sources" in manifests[s]]
+        changed = changed_spans(manifests[max(older)]["sources"], sources) if older else []
     else:
         fp = source_fingerprint(data_dir, split)
-        same = [s for s, f in known.items() if f == fp]
-        plan = [(max(same) if same else max(known, default=0) + 1, data_dir)]
-    results = []
-    for span, src in plan:
-        fp = source_fingerprint(src, split)
-        path = os.path.join(output_dir, f"span-{span}")
-        if known.get(span) == fp:
-            with open(os.path.join(path, REPORT)) as f:
-                results.append(PreparedSpan(span, path, True, json.load(f)))
-            log(f"[ingest] span {span}: unchanged source {src}, reusing {path}")
-            continue
-        report = _prepare_span(src, path, fp, split, max_bad_fraction, log)
-        results.append(PreparedSpan(span, path, False, report))
-    return results
+        same = [s for s, m in manifests.items() if m["fingerprint"] == fp]
+        span = max(same) if same else max(manifests, default=0) + 1
+        increments, sources, changed = [(span, data_dir)], None, []
+    path = os.path.join(output_dir, f"span-{span}")
+    if manifests.get(span, {}).get("fingerprint") == fp:
+        with open(os.path.join(path, REPORT)) as f:
+            report = json.load(f)
+        log(f"[ingest] span {span}: unchanged source {data_dir}, reusing {path}")
+        return [PreparedSpan(span, path, True, report)]
+    if changed:
+        log(f"[ingest] WARNING: span(s) {', '.join(map(str, changed))} changed after they "
+            f"were prepared; the Trainer will see a changed past and retrain from scratch")
+    report = _prepare_span(increments, path, fp, sources, changed, split, max_bad_fraction,
+                           log)
+    return [PreparedSpan(span, path, False, report)]
 
 
-def _prepare_span(source: str, path: str, fingerprint: str, split: SplitConfig,
+def merge_increments(parts: Sequence[Tuple[int, Dataset]]) -> Tuple[Dataset, np.ndarray]:
+    """One data set of several increments, and the span of each of its rows.
+
+    Codes are re-assigned over all increments; a later increment's feature row of a
+    user or item replaces an earlier one.
+    """
+    if len(parts) == 1:
+        span, ds = parts[0]
+        return ds, np.full(len(ds.interactions), span, np.int64)
+    users, items = IdCodes(), IdCodes()
+    cols: Dict[str, list] = {"user": [], "item": [], "rating": [], "timestamp": [], "span": []}
+    user_features, item_features = {}, {}
+    for span, ds in parts:
+        data = ds.interactions
+        u = np.array([users.code(x) for x in data.user_ids], np.int32)
+        i = np.array([items.code(x) for x in data.item_ids], np.int32)
+        cols["user"].append(u[data.user] if len(u) else data.user)
+        cols["item"].append(i[data.item] if len(i) else data.item)
+        cols["rating"].append(data.rating)
+        cols["timestamp"].append(data.timestamp)
+        cols["span"].append(np.full(len(data), span, np.int64))
+        user_features.update(ds.users)
+        item_features.update(ds.items)
+    c = {k: np.concatenate(v) for k, v in cols.items()}
+    merged = Interactions(c["user"], c["item"], c["rating"], c["timestamp"], users.ids,
+                          items.ids)
+    return Dataset(parts[-1][1].name, merged, user_features, item_features), c["span"]
+
+
+def _prepare_span(increments: Sequence[Tuple[int, str]], path: str, fingerprint: str,
+                  sources: Optional[Dict[str, str]], changed: List[int], split: SplitConfig,
                   max_bad_fraction: float, log) -> dict:
     start = time.time()
-    fmt = detect_format(source)
     drops = DropReport(max_bad_fraction=max_bad_fraction)
-    log(f"[ingest] reading {source} as {fmt}")
-    ds = read_dataset(source, drops, fmt, log=log)
+    parts, formats = [], []
+    for span, source in increments:
+        fmt = detect_format(source)
+        log(f"[ingest] reading {source} as {fmt}")
+        parts.append((span, read_dataset(source, drops, fmt, log=log)))
+        formats.append(fmt)
+    ds, row_span = merge_increments(parts)
     log(f"[ingest] read {drops.rows_read:,} rows in {time.time() - start:.1f}s; splitting "
         f"and writing Parquet")
     train_rows, eval_rows = temporal_split(ds.interactions, split)
@@ -129,9 +209,12 @@ def _prepare_span(source: str, path: str, fingerprint: str, split: SplitConfig,
     shutil.rmtree(tmp, ignore_errors=True)
     columns = _feature_columns(ds)
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
-        _write_split(os.path.join(tmp, name), ds.interactions, rows, columns)
+        _write_split(os.path.join(tmp, name), ds.interactions, row_span, rows, columns)
+    source = increments[-1][1] if sources is None else os.path.dirname(increments[-1][1])
     report = {
-        "source": source, "format": fmt, "fingerprint": fingerprint,
+        "source": source, "format": formats[-1], "fingerprint": fingerprint,
+        "spans": [s for s, _ in increments] if sources is not None else None,
+        "changed_spans": changed,
         "input": drops.to_dict(),
         "missing_user_features": _count_missing(ds.interactions.user_ids, ds.users),
         "missing_item_features": _count_missing(ds.interactions.item_ids, ds.items),
@@ -143,7 +226,8 @@ def _prepare_span(source: str, path: str, fingerprint: str, split: SplitConfig,
     with open(os.path.join(tmp, REPORT), "w") as f:
         json.dump(report, f, indent=2, sort_keys=True)
     with open(os.path.join(tmp, MANIFEST), "w") as f:
-        json.dump({"fingerprint": fingerprint, "version": PREPARED_VERSION}, f)
+        json.dump({"fingerprint": fingerprint, "version": PREPARED_VERSION,
+                   **({"sources": sources} if sources is not None else {})}, f)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     s = report["split"]
@@ -188,7 +272,7 @@ def _feature_columns(ds: Dataset) -> Dict[str, pa.Array]:
     }
 
 
-def _write_split(directory: str, data: Interactions, rows: np.ndarray,
+def _write_split(directory: str, data: Interactions, row_span: np.ndarray, rows: np.ndarray,
                  columns: Dict[str, pa.Array]) -> None:
     os.makedirs(directory, exist_ok=True)
     for shard, lo in enumerate(range(0, max(len(rows), 1), SHARD_ROWS)):
@@ -204,6 +288,7 @@ def _write_split(directory: str, data: Interactions, rows: np.ndarray,
             "user_occupation": columns["user_occupation"].take(u),
             "item_genres": columns["item_genres"].take(i),
             "item_year": columns["item_year"].take(i),
+            "span": pa.array(row_span[idx], pa.int64()),
         }, schema=SCHEMA)
         pq.write_table(table, os.path.join(directory, f"part-{shard:05d}.parquet"))
 
@@ -212,11 +297,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--split", choices=["per_user", "global_time"], default="per_user")
+    p.add_argument("--split", choices=["per_user", "global_time"], default=None,
+                   help="default: global_time for span-N increments, else per_user")
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--max-bad-fraction", type=float, default=0.01)
     a = p.parse_args(argv)
-    prepare(a.data_dir, a.output_dir, SplitConfig(a.split, a.eval_fraction),
+    prepare(a.data_dir, a.output_dir, default_split(a.data_dir, a.split, a.eval_fraction),
             a.max_bad_fraction)
     return 0
 

@@ -52,13 +52,47 @@ def test_unchanged_source_reuses_span_and_changed_source_adds_one(tmp_path):
     assert sorted(os.listdir(out)) == ["span-1", "span-2"]
 
 
-def test_span_folders_in_the_source_map_to_the_same_spans(tmp_path):
+def _rows(n_users, per_user, t0):
+    return HEADER + "".join(f"u{u},i{(u + k) % 15},{k % 5},{t0 + 10 * u + k}\n"
+                            for u in range(n_users) for k in range(per_user))
+
+
+def test_span_folders_are_increments_split_by_global_time(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
-    write(raw / "span-3" / "interactions.csv", _interactions(n_users=5))
-    write(raw / "span-7" / "interactions.csv", _interactions(n_users=6))
-    spans = prepare.prepare(str(raw), str(out), log=lambda m: None)
-    assert [s.span for s in spans] == [3, 7]
-    assert sorted(os.listdir(out)) == ["span-3", "span-7"]
+    # Span 1: u0..u3 at times 1000..1034; span 2 (new rows only): u2..u5 from 2000 on.
+    write(raw / "span-1" / "interactions.csv", _rows(4, 5, 1000))
+    [first] = prepare.prepare(str(raw), str(out), log=lambda m: None)
+    write(raw / "span-2" / "interactions.csv", _rows(6, 5, 2000))
+    [second] = prepare.prepare(str(raw), str(out), log=lambda m: None)
+    assert (first.span, second.span) == (1, 2) and sorted(os.listdir(out)) == ["span-1",
+                                                                               "span-2"]
+    train = pq.read_table(out / "span-2" / "train").to_pylist()
+    ev = pq.read_table(out / "span-2" / "eval").to_pylist()
+    rows = train + ev
+    # 20 + 30 rows of both increments, each tagged with the span it arrived in.
+    assert len(rows) == 50
+    assert sorted({(r["span"], r["timestamp"] >= 2000) for r in rows}) == [(1, False),
+                                                                           (2, True)]
+    # Global time: eval is the newest 20% of all rows (10 rows, all from span 2), and
+    # nothing in train is newer than anything in eval.
+    assert len(ev) == 10 and {r["span"] for r in ev} == {2}
+    assert max(r["timestamp"] for r in train) < min(r["timestamp"] for r in ev)
+    assert second.report["spans"] == [1, 2] and second.report["changed_spans"] == []
+    # Unchanged increments: the prepared span is reused.
+    assert prepare.prepare(str(raw), str(out), log=lambda m: None)[0].reused
+
+
+def test_an_edited_old_increment_is_reported(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write(raw / "span-1" / "interactions.csv", _rows(4, 5, 1000))
+    write(raw / "span-2" / "interactions.csv", _rows(4, 5, 2000))
+    prepare.prepare(str(raw), str(out), log=lambda m: None)
+    write(raw / "span-1" / "interactions.csv", _rows(3, 5, 1000))  # a user's rows removed
+    write(raw / "span-3" / "interactions.csv", _rows(4, 5, 3000))
+    lines = []
+    [third] = prepare.prepare(str(raw), str(out), log=lines.append)
+    assert third.report["changed_spans"] == [1]
+    assert any("span(s) 1 changed" in line for line in lines)
 
 
 def test_failed_read_leaves_no_partial_span(tmp_path):

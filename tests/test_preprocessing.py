@@ -19,7 +19,7 @@ DAY, HOUR = 86_400, 3_600
 def _row(user, item, rating, ts, age, gender, occupation, genres, year):
     return {F.USER_ID: [user], F.ITEM_ID: [item], F.RATING: [rating], F.TIMESTAMP: [ts],
             F.USER_AGE: [age], F.USER_GENDER: [gender], F.USER_OCCUPATION: [occupation],
-            F.ITEM_GENRES: genres, F.ITEM_YEAR: [year]}
+            F.ITEM_GENRES: genres, F.ITEM_YEAR: [year], F.SPAN: [1]}
 
 
 TRAIN = [

@@ -24,7 +24,7 @@ def _write_anomalies(root, split, frame):
 
 def _frame(**overrides):
     row = {"user_id": "u1", "item_id": "i1", "rating": 4.0, "timestamp": 100, "user_age": 30,
-           "user_gender": "F", "user_occupation": "writer", "item_year": 1999}
+           "user_gender": "F", "user_occupation": "writer", "item_year": 1999, "span": 1}
     row.update(overrides)
     frame = pd.DataFrame([row, {**row, "user_id": "u2"}])
     frame["item_genres"] = [["Drama"], ["Comedy"]]

@@ -14,9 +14,10 @@ USER_GENDER = "user_gender"
 USER_OCCUPATION = "user_occupation"
 ITEM_GENRES = "item_genres"
 ITEM_YEAR = "item_year"
+SPAN = "span"  # the increment a row arrived in (ingest/prepare.py); not a model input
 
 RAW_FEATURES = (USER_ID, ITEM_ID, RATING, TIMESTAMP, USER_AGE, USER_GENDER,
-                USER_OCCUPATION, ITEM_GENRES, ITEM_YEAR)
+                USER_OCCUPATION, ITEM_GENRES, ITEM_YEAR, SPAN)
 USER_FEATURES = (USER_AGE, USER_GENDER, USER_OCCUPATION)
 ITEM_FEATURES = (ITEM_GENRES, ITEM_YEAR)
 
@@ -44,6 +45,10 @@ def transformed_name(key: str) -> str:
 # SequenceGen's output (components/sequence_gen), read by the Trainer and the export.
 WINDOW_USER = "user_xf"  # [1] user vocabulary index, -1 if out of vocabulary
 WINDOW_ITEMS = "items"  # [max_history + 1] item indices, oldest first, -1 pads the front
+WINDOW_SPAN = "newest_span"  # [1] newest span among the window's targets
+WINDOW_TIME = "newest_time"  # [1] newest timestamp among the window's targets
+WINDOW_TARGETS = "targets"  # [1] number of targets (items after the first position)
+SPANS_FILE = "spans.json"  # SequenceGen's span digests (also kept beside a model's towers)
 HISTORY_USER = "user_id"  # raw user ID
 HISTORY_ITEMS = "history"  # item indices, the newest max_history, oldest first
 HISTORY_EXCLUDE = "exclude"  # item indices, distinct, newest first, up to exclusion_cap
