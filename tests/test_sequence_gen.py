@@ -30,12 +30,16 @@ def test_history_row_keeps_newest_and_distinct_exclusions():
     assert S.history_row(events, 2, 2) == ([7, 9], [9, 7])  # capped
 
 
-def _example(user, item, ts):
-    return tf.train.Example(features=tf.train.Features(feature={
+def _example(user, item, ts, span=None):
+    feature = {
         "user_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[user])),
         "item_id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item])),
         "timestamp": tf.train.Feature(int64_list=tf.train.Int64List(value=[ts])),
-    })).SerializeToString()
+    }
+    if span is not None:
+        feature["span"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[span]))
+        feature["rating"] = tf.train.Feature(float_list=tf.train.FloatList(value=[4.0]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 def _write(path, records):
@@ -77,6 +81,36 @@ def test_user_sequences_split_windows_eval_and_history(tmp_path):
         # Item indices; x (outside the vocabulary) dropped.
         assert_that(history, equal_to([
             (b"u1", (2, 3), (3, 2, 1, 0)), (b"u2", (0,), (0,))]), label="history")
+
+
+def test_windows_carry_their_newest_span_and_time_and_spans_are_digested(tmp_path):
+    # u1 in span 1 at t 1..3, span 2 at t 4..5 (eval at t 5); u2 in span 2 only.
+    rows = [(b"u1", b"a", 1, 1), (b"u1", b"b", 2, 1), (b"u1", b"c", 3, 1),
+            (b"u1", b"a", 4, 2), (b"u2", b"b", 6, 2)]
+    evals = [(b"u1", b"d", 5, 2)]
+    _write(str(tmp_path / "train" / "t.gz"), [_example(*r) for r in rows])
+    _write(str(tmp_path / "eval" / "e.gz"), [_example(*r) for r in evals])
+    items = _lines(tmp_path / "items.txt", [b"a", b"b", b"c", b"d"])
+    users = _lines(tmp_path / "users.txt", [b"u1", b"u2"])
+    with test_pipeline.TestPipeline() as p:
+        out = p | S.BuildUserSequences(str(tmp_path / "train" / "*"), str(tmp_path / "eval" / "*"),
+                                       items, users, max_history=2, exclusion_cap=10)
+        windows = out["train"] | "W" >> beam.Map(lambda r: (
+            r[F.WINDOW_USER][0], tuple(r[F.WINDOW_ITEMS]), r[F.WINDOW_SPAN][0],
+            r[F.WINDOW_TIME][0], r[F.WINDOW_TARGETS][0]))
+        # u1's train items a b c a, windows of 3 from the newest: [b c a] (targets c@3
+        # span 1, a@4 span 2), [PAD a b] (targets a@1, b@2, span 1); u2: [PAD PAD b].
+        assert_that(windows, equal_to([(0, (1, 2, 0), 2, 4, 2), (0, (-1, 0, 1), 1, 2, 2),
+                                       (1, (-1, -1, 1), 2, 6, 1)]), label="train")
+        # An order-free digest: the sum of the rows' hashes, train and eval alike.
+        digest = {s: sum(S.row_digest(u, i, t, 4.0) for u, i, t, span in rows + evals
+                         if span == s) % (1 << 64) for s in (1, 2)}
+        assert_that(out["spans"], equal_to([{
+            "spans": {"1": {"rows": 3, "digest": f"{digest[1]:016x}",
+                            "first_time": 1, "last_time": 3},
+                      "2": {"rows": 3, "digest": f"{digest[2]:016x}", "first_time": 4,
+                            "last_time": 6}},
+            "newest_span": 2, "train_last_time": 6}]), label="spans")
 
 
 def test_entity_table_counts_rows_and_keeps_features(tmp_path):

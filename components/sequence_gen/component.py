@@ -7,14 +7,16 @@ Inputs: ExampleGen's raw ``examples`` (train and eval), Transform's
 ======== ================================================================
 split    one tf.Example per
 ======== ================================================================
-train    training window: ``user_xf`` [1], ``items`` [N + 1] (``-1`` pads)
+train    training window: ``user_xf`` [1], ``items`` [N + 1] (``-1`` pads),
+         its targets' ``newest_span``, ``newest_time`` and number ``targets``
 eval     user with eval interactions: the newest N + 1 items of both splits
 items    catalog item: ``item_id_xf``, genres, year bucket, ``count``
 users    train user: ``user_id_xf``, demographic indices, ``count``
 history  user (raw ID): ``history`` (newest N, both splits), ``exclude``
 ======== ================================================================
 
-``history`` covers every interaction ingested, so the served model knows the newest
+``spans.json`` at the top of the artifact holds every span's row count and digest
+(``sequences.spans_summary``). ``history`` covers every interaction ingested, so the served model knows the newest
 behaviour even though the Trainer never trains on the eval split. Logic and formats:
 ``components/sequence_gen/sequences.py``.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List
 
+import apache_beam as beam
 import pyarrow as pa
 import tensorflow_transform as tft
 from tfx import types
@@ -76,9 +79,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 split_pattern(raw.uri, TRAIN), split_pattern(raw.uri, EVAL),
                 graph.vocabulary_file_by_name(F.ITEM_VOCAB),
                 graph.vocabulary_file_by_name(F.USER_VOCAB), n, cap)
-            for split in (TRAIN, EVAL):
-                _ = seqs[split] | f"Write[{split}]" >> S.WriteExamples(prefix(split),
-                                                                       S.WINDOW_TYPES)
+            _ = seqs[TRAIN] | "Write[train]" >> S.WriteExamples(prefix(TRAIN),
+                                                                S.TRAIN_WINDOW_TYPES)
+            _ = seqs[EVAL] | "Write[eval]" >> S.WriteExamples(prefix(EVAL), S.WINDOW_TYPES)
+            _ = seqs["spans"] | "Write[spans]" >> beam.Map(
+                S.write_json, os.path.join(out.uri, S.SPANS_FILE))
             _ = seqs[HISTORY] | "Write[history]" >> S.WriteExamples(prefix(HISTORY),
                                                                     S.HISTORY_TYPES)
             pattern = split_pattern(transformed.uri, TRAIN)
