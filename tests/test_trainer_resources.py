@@ -10,7 +10,9 @@ import pipeline
 def test_trainer_resources_in_kubeflow_v2_spec(tmp_path):
     resources = pipeline.Resources(cpu=6, memory_gib=24, gpu_count=2, gpu_type="nvidia.com/gpu")
     cfg = pipeline.PipelineConfig(pipeline_root="gs://bucket/root", data_root="gs://bucket/data",
-                                  trainer_resources=resources)
+                                  trainer_resources=resources,
+                                  # as runner/kubeflow.py: KFP v2 compiles no custom Resolver
+                                  resolve_base_model=False)
     kfp_runner.KubeflowV2DagRunner(
         config=kfp_runner.KubeflowV2DagRunnerConfig(default_image="example/recsys:test"),
         output_dir=str(tmp_path), output_filename="spec.json",

@@ -56,6 +56,17 @@ class TrainerConfig:
     shuffle_buffer: int = 100_000
     top_k: int = 100
     seed: int = 42
+    # Continuous training (trainer/warmstart.py): start from the previous run's model and
+    # train on the windows it never saw plus ``replay_ratio`` times as many earlier
+    # ones, for ``warm_steps`` batches (0: ``warm_epochs`` passes over that set).
+    warm_start: bool = True
+    full_retrain: bool = False  # this run only: train from scratch and say so
+    warm_steps: int = 0
+    warm_epochs: int = 5
+    replay_ratio: float = 1.0
+    # Kubeflow: where the Trainer publishes its towers for the next run and finds the
+    # previous run's (a folder on the model volume); "" = the Resolver's base_model only.
+    warm_start_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.top_k < 100:
@@ -67,6 +78,10 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.warm_steps < 0 or self.warm_epochs < 1 or self.replay_ratio < 0:
+            raise ValueError(f"warm_steps must be >= 0, warm_epochs >= 1 and replay_ratio "
+                             f">= 0, got {self.warm_steps}, {self.warm_epochs} and "
+                             f"{self.replay_ratio}")
         for name in ("dropout", "feature_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -35,9 +35,18 @@ def sibling_split(pattern: str, split: str) -> str:
     return os.path.join(os.path.dirname(split_dir), f"Split-{split}", "*")
 
 
+def artifact_root(pattern: str) -> str:
+    """``<uri>/Split-train/*`` -> ``<uri>``."""
+    return os.path.dirname(os.path.dirname(pattern.rstrip("*").rstrip("/") + "/"))
+
+
 def window_spec(max_history: int) -> Dict[str, tf.io.FixedLenFeature]:
+    """Training and eval windows; eval windows (and older ones) lack the span, time and
+    target count of the training windows, which then read as 0."""
+    zero = tf.io.FixedLenFeature([1], tf.int64, default_value=[0])
     return {F.WINDOW_USER: tf.io.FixedLenFeature([1], tf.int64),
-            F.WINDOW_ITEMS: tf.io.FixedLenFeature([max_history + 1], tf.int64)}
+            F.WINDOW_ITEMS: tf.io.FixedLenFeature([max_history + 1], tf.int64),
+            F.WINDOW_SPAN: zero, F.WINDOW_TIME: zero, F.WINDOW_TARGETS: zero}
 
 
 def check_window_length(patterns: Sequence[str], max_history: int) -> None:
@@ -63,15 +72,40 @@ def _records(patterns: Sequence[str]) -> tf.data.Dataset:
 
 
 def make_dataset(patterns: Sequence[str], feature_spec: dict, batch_size: int,
-                 shuffle_buffer: int = 0, seed: int = 0) -> tf.data.Dataset:
-    """Batches of parsed features, ``{name: [batch, ...]}``; shuffled when training."""
+                 shuffle_buffer: int = 0, seed: int = 0,
+                 keep: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None
+                 ) -> tf.data.Dataset:
+    """Batches of parsed features, ``{name: [batch, ...]}``; shuffled when training.
+
+    ``keep``: parsed batch -> ``[batch]`` bool; only the rows it keeps are batched.
+    """
     ds = _records(patterns)
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=bool(shuffle_buffer))
+    ds = ds.batch(batch_size, drop_remainder=bool(shuffle_buffer) and keep is None)
     ds = ds.map(lambda x: tf.io.parse_example(x, feature_spec),
                 num_parallel_calls=tf.data.AUTOTUNE)
+    if keep is not None:
+        def select(features):
+            mask = keep(features)  # once: keep may draw random numbers
+            return {k: tf.boolean_mask(v, mask) for k, v in features.items()}
+        ds = ds.map(select)
+        ds = ds.unbatch().batch(batch_size, drop_remainder=bool(shuffle_buffer))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def count_windows(patterns: Sequence[str], feature_spec: dict,
+                  is_new: Callable[[Dict[str, tf.Tensor]], tf.Tensor]) -> Dict[str, int]:
+    """Windows and targets, split by ``is_new``: ``{new,old}_{windows,targets}``."""
+    out = {"new_windows": 0, "old_windows": 0, "new_targets": 0, "old_targets": 0}
+    for batch in make_dataset(patterns, feature_spec, 4096):
+        new = is_new(batch).numpy()
+        targets = batch[F.WINDOW_TARGETS].numpy().reshape(-1)
+        out["new_windows"] += int(new.sum())
+        out["old_windows"] += int((~new).sum())
+        out["new_targets"] += int(targets[new].sum())
+        out["old_targets"] += int(targets[~new].sum())
+    return out
 
 
 def count_records(patterns: Sequence[str]) -> int:

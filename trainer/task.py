@@ -18,9 +18,11 @@ from absl import logging
 from trainer import data as D
 from trainer.config import TrainerConfig
 from serving.savedmodel.export import export_serving_model
+from serving.savedmodel.fingerprint import model_fingerprint, write_fingerprint
 from serving.savedmodel.history import UserHistory, read_user_history
 from serving.savedmodel.warmup import MODEL_NAME
-from trainer.model import SequenceRetrievalModel, build_towers
+from trainer import warmstart
+from trainer.model import SequenceRetrievalModel, build_towers, query_categorical
 from trainer.optim import make_optimizer
 from trainer.strategy import choose_strategy, is_chief, strategy_name
 from transform import features as F
@@ -158,18 +160,68 @@ def read_history(train_patterns: Sequence[str], tft_output: tft.TFTransformOutpu
                              tft_output.vocabulary_size_by_name(F.ITEM_VOCAB), cfg.max_history)
 
 
+def fingerprint_settings(cfg: TrainerConfig, xcfg: TransformConfig) -> dict:
+    """The settings a served model depends on; where it finds its base and whether this
+    run was forced to retrain do not count."""
+    trainer = {k: v for k, v in cfg.to_custom_config()["trainer"].items()
+               if k not in ("full_retrain", "warm_start_dir")}
+    return {"trainer": trainer, **xcfg.to_custom_config()}
+
+
+def read_sequence_spans(train_patterns: Sequence[str]) -> dict:
+    """SequenceGen's ``spans.json`` (every span's rows and digest), or an empty summary
+    for sequences from before it."""
+    path = os.path.join(D.artifact_root(train_patterns[0]), F.SPANS_FILE)
+    if not tf.io.gfile.exists(path):
+        return {"spans": {}, "newest_span": 0, "train_last_time": None}
+    return warmstart.read_spans(path)
+
+
+def build_variables(towers, sizes: Dict[str, int], cfg: TrainerConfig,
+                    genre_width: int) -> None:
+    """Creates the towers' variables with one dummy example."""
+    query, candidate, encoder = towers
+    one = tf.zeros([1], tf.int64)
+    candidate({D.ITEM_ID: one, D.CANDIDATE_FEATURES[1]: tf.zeros([1, genre_width]),
+               D.CANDIDATE_FEATURES[2]: one})
+    encoded = encoder(tf.zeros([1, 2, cfg.output_dim]), tf.ones([1, 2], tf.bool))
+    query({**{f: one for f in query_categorical(sizes, cfg)}, D.HISTORY: encoded[:, -1]})
+
+
+def warm_start_towers(towers, plan: warmstart.Plan, sizes: Dict[str, int],
+                      cfg: TrainerConfig, xcfg: TransformConfig,
+                      tft_output: tft.TFTransformOutput, genre_width: int) -> dict:
+    """Loads the base model's towers and carries their weights into ``towers``."""
+    with tf.io.gfile.GFile(os.path.join(plan.towers_dir, TOWERS_SPEC)) as f:
+        base_sizes = json.load(f)["sizes"]
+    base = build_towers(base_sizes, cfg)
+    build_variables(base, base_sizes, cfg, genre_width)
+    towers_checkpoint(*base).read(os.path.join(
+        plan.towers_dir, TOWERS_CHECKPOINT)).assert_existing_objects_matched()
+    build_variables(towers, sizes, cfg, genre_width)
+    return warmstart.carry_towers(
+        base, towers, warmstart.read_vocabularies(
+            os.path.join(plan.towers_dir, warmstart.VOCABULARY_DIR)),
+        warmstart.current_vocabularies(tft_output), xcfg)
+
+
 def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str],
                      tft_output: tft.TFTransformOutput, cfg: TrainerConfig,
                      xcfg: TransformConfig, serving_model_dir: str, run_dir: str,
-                     max_steps: Optional[int] = None) -> dict:
+                     max_steps: Optional[int] = None, base_model: Optional[str] = None
+                     ) -> dict:
     """Trains, then writes the SavedModel (chief only) and returns the training history.
 
     ``train_patterns`` / ``eval_patterns``: SequenceGen's window splits. ``max_steps``:
     train for exactly this many batches (one epoch, the input repeated as needed,
     validation on at most 50 batches) instead of ``cfg.epochs`` full passes.
+    ``base_model``: the previous model's serving directory (TFX's warm-start input);
+    without it, the newest towers under ``cfg.warm_start_dir``, if any
+    (``trainer/warmstart.py``).
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    run_start = time.time()
     tf.keras.utils.set_random_seed(cfg.seed)
     strategy = choose_strategy()
     catalog_start = time.time()
@@ -179,38 +231,72 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
     logging.info("catalog: %d users, %d items, %d train interactions in %d windows; strategy "
                  "%s with %d replicas", num_users, num_items, catalog.num_examples, num_windows,
                  strategy_name(strategy), strategy.num_replicas_in_sync)
+    worker = os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("task", {})
+    prefix = f"[trainer worker {worker.get('index', 0)}]" if worker else "[trainer]"
+    spans = read_sequence_spans(train_patterns)
+    plan = warmstart.plan(cfg, xcfg, spans, base_model, TOWERS_DIR)
+    print(f"{prefix} mode {plan.mode}: {plan.reason}", flush=True)
+    genre_width = int(tft_output.transformed_feature_spec()[D.CANDIDATE_FEATURES[1]].shape[0])
 
     with strategy.scope():
-        query_tower, candidate_tower, encoder = build_towers(sizes, cfg)
+        query_tower, candidate_tower, encoder = towers = build_towers(sizes, cfg)
         model = training_model(query_tower, candidate_tower, encoder, cfg, sizes, catalog)
         model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
-    batch = min(cfg.batch_size, max(8, num_windows // 4))
+        carried = (warm_start_towers(towers, plan, sizes, cfg, xcfg, tft_output, genre_width)
+                   if plan.warm else {})
     spec = D.window_spec(cfg.max_history)
+    keep, selected = None, {"new_windows": num_windows, "old_windows": 0,
+                            "new_targets": catalog.num_examples, "old_targets": 0}
+    replay = 0.0
+    if plan.warm:
+        is_new = lambda f: warmstart.is_new(f, plan)  # noqa: E731
+        selected = D.count_windows(train_patterns, spec, is_new)
+        replay = min(1.0, cfg.replay_ratio * selected["new_windows"]
+                     / max(1, selected["old_windows"]))
+        keep = lambda f: tf.logical_or(  # noqa: E731
+            is_new(f), tf.random.uniform(tf.shape(is_new(f))) < replay)
+    train_windows = selected["new_windows"] + replay * selected["old_windows"]
+    batch = min(cfg.batch_size, max(8, int(train_windows) // 4))
+    if plan.warm and max_steps is None:
+        max_steps = cfg.warm_steps or (
+            int(np.ceil(cfg.warm_epochs * train_windows / batch))
+            if selected["new_windows"] else 0)
     train_ds = _distributed(D.make_dataset(train_patterns, spec, batch,
-                                           min(cfg.shuffle_buffer, num_windows), cfg.seed))
+                                           min(cfg.shuffle_buffer, num_windows), cfg.seed,
+                                           keep=keep))
     eval_ds = _distributed(D.make_dataset(eval_patterns, spec, batch))
     # Validation loss about five times per run: each pass costs as much as a third of
     # an epoch on small data, and the loss curve needs no more points than that.
     epochs, fit_args = cfg.epochs, {"validation_freq": max(1, cfg.epochs // 5)}
     if max_steps is not None:
         epochs, train_ds = 1, train_ds.repeat()
-        fit_args = {"steps_per_epoch": max_steps, "validation_steps": 50}  # one epoch
+        fit_args = {"steps_per_epoch": max_steps,
+                    "validation_steps": max(1, min(50, D.count_records(eval_patterns)
+                                                   // batch))}
         eval_ds = eval_ds.repeat()
-    steps_per_epoch = max_steps or num_windows // batch
-    worker = os.environ.get("TF_CONFIG") and json.loads(os.environ["TF_CONFIG"]).get("task", {})
-    prefix = f"[trainer worker {worker.get('index', 0)}]" if worker else "[trainer]"
-    print(f"{prefix} {catalog.num_examples:,} train interactions in {num_windows:,} windows "
-          f"of {cfg.max_history}, {num_items:,} items, {num_users:,} users; {cfg.encoder} "
-          f"encoder, {'full' if model.full_softmax else 'sampled'} softmax; batch {batch}, "
-          f"{steps_per_epoch} steps x {epochs} epochs", flush=True)
+    steps_per_epoch = max_steps if max_steps is not None else num_windows // batch
+    examples = selected["new_targets"] + int(replay * selected["old_targets"])
+    what = (f"{selected['new_windows']:,} new windows + {replay:.0%} of "
+            f"{selected['old_windows']:,} earlier ones" if plan.warm
+            else f"{num_windows:,} windows")
+    print(f"{prefix} {catalog.num_examples:,} train interactions, {num_items:,} items, "
+          f"{num_users:,} users; training on {what} of {cfg.max_history} ({examples:,} "
+          f"targets); {cfg.encoder} encoder, {'full' if model.full_softmax else 'sampled'} "
+          f"softmax; batch {batch}, {steps_per_epoch} steps x {epochs} epochs", flush=True)
     start = time.time()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=0,
-                        callbacks=[ProgressLogger(batch, steps_per_epoch, epochs,
-                                                  prefix=prefix)], **fit_args)
+    history = {}
+    if steps_per_epoch or not plan.warm:
+        history = model.fit(train_ds, validation_data=eval_ds, epochs=epochs, verbose=0,
+                            callbacks=[ProgressLogger(batch, steps_per_epoch, epochs,
+                                                      prefix=prefix)], **fit_args).history
+    else:
+        print(f"{prefix} no interaction is newer than the base model's: its weights are "
+              f"exported as they are", flush=True)
     train_seconds = time.time() - start
-    trained_windows = max_steps * batch if max_steps is not None else num_windows * epochs
+    steps = steps_per_epoch * epochs
+    trained_windows = steps * batch
     # Every train interaction is one target per pass over the windows.
-    trained_examples = int(trained_windows * catalog.num_examples / max(1, num_windows))
+    trained_examples = int(trained_windows * examples / max(1, train_windows))
 
     chief = is_chief()
     # Every worker saves (the save runs collectives), but only the chief keeps its copy.
@@ -218,14 +304,14 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
     export(target, query_tower, candidate_tower, encoder, tft_output, catalog,
            read_history(train_patterns, tft_output, cfg), cfg)
     summary = {
-        "loss": [float(x) for x in history.history.get("loss", [])],
-        "val_loss": [float(x) for x in history.history.get("val_loss", [])],
+        "loss": [float(x) for x in history.get("loss", [])],
+        "val_loss": [float(x) for x in history.get("val_loss", [])],
         # Keras validates after epochs freq, 2 freq, ... (1-based).
         "val_epochs": list(range(fit_args["validation_freq"], epochs + 1,
                                  fit_args["validation_freq"])) if max_steps is None else [1],
         "train_seconds": round(train_seconds, 2),
         "train_examples": int(catalog.num_examples), "train_windows": int(num_windows),
-        "examples_per_second": round(trained_examples / train_seconds, 1),
+        "examples_per_second": round(trained_examples / max(train_seconds, 1e-9), 1),
         "trained_examples": trained_examples, "trained_windows": int(trained_windows),
         "batch_size": int(batch),
         "max_steps": max_steps, "catalog_seconds": round(catalog_seconds, 2),
@@ -233,10 +319,24 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
         "softmax": "full" if model.full_softmax else "sampled",
         "replicas": strategy.num_replicas_in_sync, "strategy": strategy_name(strategy),
         "config": cfg.to_custom_config()["trainer"],
+        "training": {"mode": plan.mode, "base_model": plan.base_model,
+                     "examples": examples, "steps": int(steps),
+                     "seconds": round(time.time() - run_start, 2), "reason": plan.reason,
+                     "train_seconds": round(train_seconds, 2),
+                     "new_windows": selected["new_windows"],
+                     "replay_windows": int(round(replay * selected["old_windows"])),
+                     "carried_rows": carried, "spans": sorted(spans["spans"], key=int)},
     }
     if chief:
-        save_towers(os.path.dirname(serving_model_dir.rstrip("/")), query_tower,
-                    candidate_tower, encoder, sizes, cfg, xcfg)
+        write_fingerprint(serving_model_dir, model_fingerprint(spans, fingerprint_settings(
+            cfg, xcfg)))
+        model_uri = os.path.dirname(serving_model_dir.rstrip("/"))
+        save_towers(model_uri, query_tower, candidate_tower, encoder, sizes, cfg, xcfg)
+        towers_dir = os.path.join(model_uri, TOWERS_DIR)
+        warmstart.save_warm_start_files(towers_dir, tft_output, spans)
+        if cfg.warm_start_dir:
+            summary["training"]["published"] = warmstart.publish(towers_dir,
+                                                                 cfg.warm_start_dir)
         tf.io.gfile.makedirs(run_dir)
         with tf.io.gfile.GFile(os.path.join(run_dir, HISTORY_FILE), "w") as f:
             json.dump(summary, f, indent=2)
@@ -253,7 +353,8 @@ def run_fn(fn_args) -> None:
     # TrainArgs(num_steps=N) trains for N batches; without it, cfg.epochs full passes.
     summary = train_and_export(fn_args.train_files, fn_args.eval_files, tft_output, cfg, xcfg,
                                fn_args.serving_model_dir, fn_args.model_run_dir,
-                               max_steps=getattr(fn_args, "train_steps", None) or None)
+                               max_steps=getattr(fn_args, "train_steps", None) or None,
+                               base_model=getattr(fn_args, "base_model", None))
     logging.info("trained %d examples in %.1fs (%.0f examples/s); final loss %.4f",
                  summary["trained_examples"], summary["train_seconds"],
                  summary["examples_per_second"],
