@@ -32,10 +32,10 @@ REPORT_FILE = "report.html"
 BIAS_TOP_K = 10  # recommendations per user counted in the popularity-bias histogram
 MAX_BIAS_USERS = 2000  # eval users asked for recommendations (a fixed sample)
 MAX_ITEMS_FOR_ITEM_BASELINES = 5000  # ItemKNN/EASE need a dense items x items matrix
-COLOURS = {"model": "#1f77b4", "popularity": "#ff7f0e", "last_blessed": "#7f7f7f",
+COLOURS = {"model": "#1f77b4", "popularity": "#ff7f0e", "served": "#7f7f7f",
            "itemknn": "#2ca02c", "ease": "#d62728"}
 LABELS = {"model": "two-tower (this run)", "popularity": "popularity",
-          "last_blessed": "last blessed model", "itemknn": "ItemKNN", "ease": "EASE"}
+          "served": "served model", "itemknn": "ItemKNN", "ease": "EASE"}
 
 
 @dataclasses.dataclass

@@ -95,14 +95,81 @@ def test_impossible_floor_blocks_the_push_and_says_why(first, capsys):
 
 def test_worse_model_is_refused_against_the_blessed_baseline(first):
     root, opts, serving, before = first
-    worse = TrainerConfig(**{**dataclasses.asdict(opts.trainer), "epochs": 1,
-                             "logq_correction": False, "learning_rate": 1e-5,
-                             "tower_layers": list(opts.trainer.tower_layers)})
+    # Trained from scratch: a warm start would begin from the good model's weights.
+    worse = dataclasses.replace(opts.trainer, epochs=1, logq_correction=False,
+                                learning_rate=1e-5, full_retrain=True)
     summary = local.run(dataclasses.replace(opts, trainer=worse))
     s = summary["run_summary"]
-    assert "last_blessed" in s["baseline"]
+    assert s["training"]["mode"] == "full" and s["training"]["reason"].startswith(
+        "full retrain requested")
+    assert "served" in s["baseline"]
     regression = [c for c in s["gate"]["checks"] if c["name"] == "no_regression"][0]
     assert not regression["passed"]
-    assert "vs last blessed" in regression["message"]
+    assert "vs served" in regression["message"]
     assert s["blessed"] is False and s["pushed"] is False
+    assert s["push_skipped_reason"] == "the evaluator did not bless the model"
     assert _tree_digest(serving) == before
+
+
+def test_rerun_on_unchanged_data_pushes_nothing_and_says_why(first, capsys):
+    root, opts, serving, before = first
+    summary = local.run(opts)
+    s = summary["run_summary"]
+    # The Trainer warm-starts from the newest model and finds no interaction it lacks.
+    t = s["training"]
+    assert t["mode"] == "warm_start" and t["steps"] == 0 and t["examples"] == 0
+    assert t["base_model"].startswith(os.path.join(root, "Trainer", "model"))
+    assert s["pushed"] is False and s["pushed_version_dir"] is None
+    assert s["push_skipped_reason"].startswith("nothing new to push: the data (spans 1) and "
+                                               "the settings are those of served version")
+    assert "not pushed (nothing new to push" in capsys.readouterr().out
+    assert _tree_digest(serving) == before
+
+
+def test_pusher_pushes_nothing_identical_to_the_served_version(first, tmp_path):
+    """The Pusher executor against a copy of the served version in its own directory."""
+    import shutil
+    from tfx.proto import pusher_pb2
+    from tfx.types import standard_artifacts
+    from tfx.utils import proto_utils
+    from components.pusher.executor import SKIPPED_REASON, Executor
+    from serving.savedmodel.fingerprint import (FINGERPRINT_FILE, newest_version_dir,
+                                                read_fingerprint, write_fingerprint)
+    root, _, serving, _ = first
+    base = tmp_path / "serving"
+    served = newest_version_dir(serving)
+    shutil.copytree(served, base / os.path.basename(served))
+    assert read_fingerprint(served)["spans"] == ["1"]
+
+    def push(candidate):
+        model, blessing = standard_artifacts.Model(), standard_artifacts.ModelBlessing()
+        model.uri, blessing.uri = str(candidate), str(tmp_path / "blessing")
+        blessing.set_int_custom_property("blessed", 1)
+        pushed = standard_artifacts.PushedModel()
+        pushed.uri = str(tmp_path / "pushed")
+        destination = pusher_pb2.PushDestination(
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))
+        Executor().Do({"model": [model], "model_blessing": [blessing]},
+                      {"pushed_model": [pushed]},
+                      {"push_destination": proto_utils.proto_to_json(destination)})
+        return pushed
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(served, candidate / "Format-Serving")
+    pushed = push(candidate)
+    assert pushed.get_int_custom_property("pushed") == 0
+    assert pushed.get_string_custom_property(SKIPPED_REASON).startswith(
+        "nothing new to push: the data (spans 1) and the settings are those of served")
+    # Other data behind the same weights: still nothing new.
+    fingerprint = read_fingerprint(served)
+    write_fingerprint(str(candidate / "Format-Serving"), {**fingerprint, "data": "other"})
+    pushed = push(candidate)
+    assert pushed.get_string_custom_property(SKIPPED_REASON).startswith(
+        "nothing new to push: the model is identical to served version")
+    # Other weights: a new version.
+    with open(candidate / "Format-Serving" / "variables" / "variables.index", "ab") as f:
+        f.write(b"\0")
+    pushed = push(candidate)
+    assert pushed.get_int_custom_property("pushed") == 1
+    assert len(os.listdir(base)) == 2 and os.path.isfile(
+        os.path.join(pushed.get_string_custom_property("pushed_destination"), FINGERPRINT_FILE))

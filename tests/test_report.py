@@ -38,7 +38,7 @@ def _inputs(compression):
                     "catalog_size": 800,
                     "metrics": {"model": _metrics(0.12, 0.36, 0.4),
                                 "popularity": _metrics(0.06, 0.2, 0.02),
-                                "last_blessed": None}},
+                                "served": None}},
         history={"loss": [5.0, 4.2, 3.9], "val_loss": [5.1, 4.6, 4.5],
                  "examples_per_second": 7000.0},
         compression=compression,

@@ -53,7 +53,7 @@ def test_served_version_is_the_regression_baseline(small_pipeline, tmp_path):
     with open(tmp_path / "e" / evaluator.METRICS_FILE) as f:
         result = json.load(f)
     assert result["baseline_model"] == evaluator.newest_version_dir(os.path.dirname(pushed))
-    base = result["metrics"]["last_blessed"]
+    base = result["metrics"]["served"]
     assert base is not None and base["recall@50"] > 0
     [check] = [c for c in result["checks"] if c["name"] == "no_regression"]
     # The pushed model is this model, compressed within 5% of its recall@50.

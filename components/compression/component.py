@@ -50,6 +50,7 @@ from evaluation.split_data import load_split_from_examples
 from serving.savedmodel.export import embed_catalog, weight_bytes
 from trainer import data as D
 from trainer.config import TrainerConfig
+from serving.savedmodel.fingerprint import read_fingerprint, with_compression, write_fingerprint
 from trainer.model import SequenceRetrievalModel, build_towers
 from trainer.optim import make_optimizer
 from trainer.task import (TOWERS_CHECKPOINT, TOWERS_DIR, TOWERS_SPEC, export,
@@ -200,6 +201,9 @@ class Executor(base_executor.BaseExecutor):
         ks = sorted({10, gate_k})
         original = self._measure(serving_dir(model), split, ks, ORIGINAL_METHOD, None)
         tried = [original]
+        fingerprint = read_fingerprint(serving_dir(model))
+        if fingerprint is not None:  # the compressed model also depends on these settings
+            fingerprint = with_compression(fingerprint, dict(exec_properties))
         staging = os.path.join(out_model.uri, "candidates")
         for method, build in self._candidates(teacher, exec_properties):
             start = time.time()
@@ -209,7 +213,7 @@ class Executor(base_executor.BaseExecutor):
             query, candidate, encoder, details = build()
             path = os.path.join(staging, method.replace("+", "_"))
             self._export(query, candidate, encoder, teacher, graph, path,
-                         exec_properties["model_name"])
+                         exec_properties["model_name"], fingerprint)
             entry = self._measure(path, split, ks, method, original, gate_k)
             entry.update(details, seconds=round(time.time() - start, 1),
                          within_tolerance=entry["recall_drop_relative"] <= max_drop, path=path)
@@ -295,9 +299,12 @@ class Executor(base_executor.BaseExecutor):
 
     @staticmethod
     def _export(query, candidate, encoder, teacher: "_Teacher",
-                graph: tft.TFTransformOutput, export_dir: str, model_name: str) -> None:
+                graph: tft.TFTransformOutput, export_dir: str, model_name: str,
+                fingerprint: Optional[dict]) -> None:
         export(export_dir, query, candidate, encoder, graph, teacher.catalog, teacher.history,
                teacher.cfg, int8=True, model_name=model_name)
+        if fingerprint is not None:
+            write_fingerprint(export_dir, fingerprint)
 
     @staticmethod
     def _eval_split(examples: str, graph: tft.TFTransformOutput):

@@ -8,6 +8,10 @@ eval item leaks into it; ``recommend_excluding`` for older models), in batches o
 users, and emits a standard
 ``ModelBlessing`` (custom property ``blessed``) that the Pusher and
 ``LatestBlessedModelStrategy`` understand.
+
+The regression baseline is the version served now (the newest under
+``baseline_serving_dir``), or a ``baseline_model`` artifact if one is wired in; it is
+scored by the same code on the same split as the candidate.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from components.retrieval_evaluator.gate import GateConfig, run_gate
 from evaluation.baselines import evaluate_baseline
 from evaluation.model_eval import evaluate_saved_model
 from evaluation.split_data import load_split_from_examples
+from serving.savedmodel.fingerprint import newest_version_dir
 from transform import features as F
 
 METRICS_FILE = "metrics.json"
@@ -36,16 +41,6 @@ NO_FLOOR = -1.0  # parameter value meaning "use the data-scaled default floor"
 
 def serving_dir(model: types.Artifact) -> str:
     return os.path.join(model.uri, "Format-Serving")
-
-
-def newest_version_dir(base: str) -> Optional[str]:
-    """The version TensorFlow Serving serves from ``base`` (highest integer name with a
-    ``saved_model.pb``), or None if there is none yet."""
-    if not base or not tf.io.gfile.isdir(base):
-        return None
-    versions = [int(d.rstrip("/")) for d in tf.io.gfile.listdir(base) if d.rstrip("/").isdigit()
-                and tf.io.gfile.exists(os.path.join(base, d.rstrip("/"), "saved_model.pb"))]
-    return os.path.join(base, str(max(versions))) if versions else None
 
 
 def write_blessing(blessing: types.Artifact, blessed: bool, model: types.Artifact) -> None:
@@ -130,7 +125,7 @@ class Executor(base_executor.BaseExecutor):
             baseline_path = newest_version_dir(exec_properties.get("baseline_serving_dir") or "")
         if baseline_path:
             base_metrics = evaluate_saved_model(baseline_path, split, ks, batch)
-        metrics["last_blessed"] = base_metrics
+        metrics["served"] = base_metrics
         checks = run_gate(gate, metrics["model"], metrics["popularity"], base_metrics,
                           len(catalog))
         blessed = all(c.passed for c in checks)

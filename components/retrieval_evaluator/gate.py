@@ -18,7 +18,7 @@ class GateConfig:
     k: int = 50
     min_recall: Optional[float] = None
     min_coverage: Optional[float] = None
-    regression_tolerance: float = 0.05  # relative recall drop allowed vs the last blessed
+    regression_tolerance: float = 0.05  # relative recall drop allowed vs the served model
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -64,13 +64,13 @@ def run_gate(cfg: GateConfig, model: Dict[str, float], popularity: Dict[str, flo
                         f"({recall - pop:+.4f})"))
     if baseline is None:
         checks.append(Check("no_regression", True, recall, 0.0,
-                            "no blessed model yet: nothing to regress against"))
+                            "no model served yet: nothing to regress against"))
     else:
         base = baseline[f"recall@{k}"]
         need = base * (1.0 - cfg.regression_tolerance)
         drop = (base - recall) / base if base else 0.0
         checks.append(Check("no_regression", recall >= need, recall, need,
-                            f"recall@{k} {recall:.4f} vs last blessed {base:.4f} "
+                            f"recall@{k} {recall:.4f} vs served {base:.4f} "
                             f"(relative change {-drop:+.2%}, tolerance "
                             f"-{cfg.regression_tolerance:.0%})"))
     return checks
