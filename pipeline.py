@@ -29,7 +29,9 @@ from components.data_validation_gate.component import DataValidationGate
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.retrieval_evaluator.gate import GateConfig
 from components.sequence_gen.component import SequenceGen
+from components.latest_model import LatestOrNoneStrategy
 from components.parquet_example_gen import Executor as ParquetExecutor
+from components.pusher.executor import Executor as PusherExecutor
 from trainer.config import TrainerConfig
 from transform.config import TransformConfig
 
@@ -92,10 +94,12 @@ class PipelineConfig:
     # and extra Trainer custom_config entries it reads.
     trainer_executor: Optional[type] = None
     trainer_custom_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    # Compare with the last blessed model (a Resolver; Vertex-only on KFP v2).
-    resolve_baseline: bool = True
-    # Without the Resolver: the newest version pushed under this directory is the
-    # baseline (what TensorFlow Serving serves now). "" = no regression check.
+    # Warm start from the Trainer's newest model through a Resolver (TFX's base_model).
+    # TFX compiles a Resolver into a Vertex-only step, so on Kubeflow the Trainer finds
+    # its base under TrainerConfig.warm_start_dir instead.
+    resolve_base_model: bool = True
+    # The regression baseline: the newest version pushed under this directory, i.e.
+    # what TensorFlow Serving serves now. "" = the Pusher's directory (serving_dir).
     baseline_serving_dir: Union[str, RuntimeParameter] = ""
     beam_pipeline_args: Sequence[str] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
@@ -140,8 +144,14 @@ def create_pipeline(cfg: PipelineConfig,
         transformed_examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         max_history=cfg.trainer.max_history, exclusion_cap=cfg.trainer.exclusion_cap)
+    latest_model = tfx.dsl.Resolver(
+        strategy_class=LatestOrNoneStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
+                              producer_component_id="Trainer", output_key="model"),
+    ).with_id("latest_model_resolver") if cfg.resolve_base_model else None
     trainer = tfx.components.Trainer(
         run_fn=TRAINER_RUN_FN,
+        base_model=latest_model.outputs["model"] if latest_model else None,
         examples=sequence_gen.outputs["sequences"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
@@ -155,33 +165,29 @@ def create_pipeline(cfg: PipelineConfig,
     )
     if cfg.trainer_resources is not None:
         trainer.with_platform_config(cfg.trainer_resources.to_platform_config())
-    # The last model the evaluator blessed is the baseline the new one must not regress on.
-    latest_blessed = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
-                              producer_component_id="Trainer"),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
-                                       producer_component_id="RetrievalEvaluator"),
-    ).with_id("latest_blessed_model_resolver") if cfg.resolve_baseline else None
+    serving_dir = cfg.serving_dir or os.path.join(cfg.pipeline_root, "serving")
+    # The model served now is the baseline the new one must not regress on; both are
+    # scored by the same code on the same split.
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        baseline_model=latest_blessed.outputs["model"] if latest_blessed else None,
-        gate=cfg.gate, baseline_serving_dir="" if latest_blessed else cfg.baseline_serving_dir)
+        transform_graph=transform.outputs["transform_graph"], gate=cfg.gate,
+        baseline_serving_dir=cfg.baseline_serving_dir or serving_dir)
     compressor = ModelCompressor(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=example_gen.outputs["examples"],
         sequences=sequence_gen.outputs["sequences"],
         transform_graph=transform.outputs["transform_graph"], gate_k=cfg.gate.k,
         max_recall_drop=cfg.max_compression_recall_drop, model_name=MODEL_NAME)
+    # TFX's Pusher, except that it pushes nothing when nothing changed
+    # (components/pusher/executor.py).
     pusher = tfx.components.Pusher(
         model=compressor.outputs["compressed_model"],
         model_blessing=compressor.outputs["blessing"],
         push_destination=cfg.push_destination or tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=cfg.serving_dir or os.path.join(cfg.pipeline_root, "serving"))))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_dir)),
+        custom_executor_spec=executor_spec.ExecutorClassSpec(PusherExecutor))
     components = [example_gen, statistics_gen, schema_gen, example_validator,
-                  validation_gate, transform, sequence_gen, trainer, latest_blessed, evaluator,
+                  validation_gate, transform, sequence_gen, latest_model, trainer, evaluator,
                   compressor, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,

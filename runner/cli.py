@@ -32,8 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--beam-pipeline-args", default=None,
                      help="Beam options as one string, e.g. \"--runner=FlinkRunner "
                      "--flink_master=host:8081\" (default: DirectRunner, multi-processing)")
-    run.add_argument("--split", choices=STRATEGIES, default="per_user",
-                     help="temporal split strategy (default: %(default)s)")
+    run.add_argument("--split", choices=STRATEGIES, default=None,
+                     help="temporal split strategy (default: global_time when DIR holds "
+                     "span-N increments, else per_user)")
     run.add_argument("--eval-fraction", type=float, default=0.2)
     run.add_argument("--max-bad-fraction", type=float, default=0.01,
                      help="stop if more than this share of input rows is malformed")
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=synthetic.SyntheticConfig.seed)
     run.add_argument("--epochs", type=int, default=TrainerConfig.epochs,
                      help="training epochs (default: %(default)s)")
+    run.add_argument("--full-retrain", action="store_true",
+                     help="train from scratch instead of warm-starting from the previous "
+                     "run's model")
     run.add_argument("--no-cache", action="store_true", help="re-run every component")
 
     comp = sub.add_parser("compile", help="write the Kubeflow Pipelines v2 spec")
@@ -90,6 +94,11 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-pvc", default="twotower-data",
                    help="claim mounted at /data in the ExampleGen step; \"\" for none "
                    "(YAML output only)")
+    p.add_argument("--warm-start-dir", default=kf.DEFAULT_WARM_START_DIR,
+                   help="where the Trainer keeps its towers for the next run's warm start, "
+                   "on the model volume; with --tfjob-workers, storage the workers reach "
+                   "(e.g. gs://bucket/warm-start); \"\" trains from scratch every run "
+                   "(default: %(default)s)")
     p.add_argument("--beam-runner", choices=sorted(kf.BEAM_RUNNERS), default="direct",
                    help="Beam runner of ExampleGen, StatisticsGen and Transform "
                    "(default: %(default)s)")
@@ -140,7 +149,7 @@ def kubeflow_options(a: argparse.Namespace):
         trainer=TrainerConfig(epochs=a.epochs),
         model_volume=kf.VolumeMount(a.model_pvc, "/models") if a.model_pvc else None,
         data_volume=kf.VolumeMount(a.data_pvc, "/data") if a.data_pvc else None,
-        tfjob=tfjob)
+        tfjob=tfjob, warm_start_dir=a.warm_start_dir)
 
 
 def _compile(a: argparse.Namespace, output: str) -> str:
@@ -189,9 +198,11 @@ def _run(a: argparse.Namespace) -> int:
         pipeline_root=a.pipeline_root, data_dir=a.data_dir,
         synthetic=synthetic.SyntheticConfig(num_interactions=a.synthetic_interactions,
                                             seed=a.seed),
-        split=SplitConfig(a.split, a.eval_fraction), beam_pipeline_args=tuple(beam_args),
+        split=SplitConfig(a.split, a.eval_fraction) if a.split else None,
+        eval_fraction=a.eval_fraction, beam_pipeline_args=tuple(beam_args),
         max_bad_fraction=a.max_bad_fraction, enable_cache=not a.no_cache,
-        trainer=TrainerConfig(epochs=a.epochs), serving_dir=a.serving_dir,
+        trainer=TrainerConfig(epochs=a.epochs, full_retrain=a.full_retrain),
+        serving_dir=a.serving_dir,
         gate=GateConfig(min_recall=a.min_recall, min_coverage=a.min_coverage))
     local.run(opts)
     return 0

@@ -31,6 +31,7 @@ ENTRYPOINT = ("python", "-m", "runner.kfp_entrypoint")
 DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP's default object store
 DEFAULT_DATA_ROOT = "/data/prepared"
 DEFAULT_SERVING_DIR = "/models/recommender"
+DEFAULT_WARM_START_DIR = "/models/recommender-warm-start"  # the Trainer's, on the model volume
 DEFAULT_OUTPUT = f"{pipeline_def.PIPELINE_NAME}.yaml"
 
 # Runtime parameters of the compiled spec (root input parameters).
@@ -126,8 +127,10 @@ class KubeflowOptions:
     data_volume: Optional[VolumeMount] = VolumeMount("twotower-data", "/data")
     # Trainer on a TFJob (runner/tfjob.py) instead of inside the pipeline step.
     tfjob: Optional[Dict[str, Any]] = None
-    # TFX compiles the Resolver into a Vertex-only "resolver" executor; see README.
-    baseline_resolver: bool = False
+    # Where the Trainer publishes its towers and finds the previous run's (warm start):
+    # a folder on the model volume, because TFX compiles a Resolver into a Vertex-only
+    # step. "" turns warm starts off on Kubeflow.
+    warm_start_dir: str = DEFAULT_WARM_START_DIR
     enable_cache: bool = True
 
 
@@ -160,13 +163,14 @@ def pipeline_config(opts: KubeflowOptions) -> pipeline_def.PipelineConfig:
         max_compression_recall_drop=param(PARAM_MAX_COMPRESSION_DROP, float, 0.02),
         push_destination=param(PARAM_PUSH_DESTINATION, str,
                                push_destination_json(opts.serving_dir)),
-        trainer=opts.trainer,
+        trainer=dataclasses.replace(opts.trainer, warm_start_dir=opts.warm_start_dir,
+                                    warm_start=bool(opts.warm_start_dir)),
         trainer_resources=opts.trainer_resources,
         trainer_executor=trainer_executor,
         trainer_custom_config=custom_config,
         beam_pipeline_args=tuple(beam_args(opts.beam_runner, opts.beam_pipeline_args,
                                            opts.image)),
-        resolve_baseline=opts.baseline_resolver,
+        resolve_base_model=False,
         # The regression baseline is the version being served, read from the model
         # volume that is mounted into the evaluator too.
         baseline_serving_dir=param(PARAM_BASELINE_DIR, str, opts.serving_dir),
@@ -257,6 +261,7 @@ def volume_mounts(opts: KubeflowOptions) -> Dict[str, VolumeMount]:
     if opts.model_volume is not None:
         mounts["Pusher"] = opts.model_volume
         mounts["RetrievalEvaluator"] = opts.model_volume  # reads the served baseline
+        mounts["Trainer"] = opts.model_volume  # reads and writes the warm-start towers
     if opts.data_volume is not None:
         mounts["FileBasedExampleGen"] = opts.data_volume
     return mounts

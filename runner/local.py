@@ -28,7 +28,8 @@ class LocalRunOptions:
     pipeline_root: str
     data_dir: Optional[str] = None  # None: built-in synthetic data
     synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
-    split: SplitConfig = SplitConfig()
+    split: Optional[SplitConfig] = None  # None: ingest.prepare.default_split
+    eval_fraction: float = 0.2  # of the default split
     beam_pipeline_args: Sequence[str] = pipeline_def.LOCAL_BEAM_ARGS
     max_bad_fraction: float = 0.01
     enable_cache: bool = True
@@ -99,7 +100,8 @@ def _run(opts: LocalRunOptions, root: str, start: float, monitor: progress.Stage
     data_root = prepared_root(root, data_dir)
     t = time.time()
     monitor.begin_stage("prepare")
-    spans = prep.prepare(data_dir, data_root, opts.split, opts.max_bad_fraction, log)
+    split = opts.split or prep.default_split(data_dir, None, opts.eval_fraction)
+    spans = prep.prepare(data_dir, data_root, split, opts.max_bad_fraction, log)
     monitor.end_stage()
     stage_seconds["prepare"] = round(time.time() - t, 1)
     cfg = pipeline_def.PipelineConfig(pipeline_root=root, data_root=data_root,

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from components.compression.component import REPORT_FILE as COMPRESSION_FILE
 from components.retrieval_evaluator.component import METRICS_FILE
 from runner.mlmd_summary import ComponentRecord
+from serving.savedmodel.fingerprint import unchanged_reason
 
 SUMMARY_FILE = "run_summary.json"
 
@@ -25,13 +26,27 @@ def build(records: List[ComponentRecord]) -> dict:
         compression = json.load(f)
     compression.setdefault("size_ratio", None)
     compression.setdefault("recall_drop_relative", None)
-    pushed = by_name["Pusher"].output("pushed_model").properties
+    pusher = by_name["Pusher"]
+    pushed = pusher.output("pushed_model").properties
     was_pushed = bool(pushed.get("pushed", 0))
-    return {
+    reason = pushed.get("push_skipped_reason")
+    if was_pushed and pusher.state == "CACHED":
+        was_pushed, reason = False, (
+            f"nothing new to push: every step's inputs are those of the run that pushed "
+            f"{pushed.get('pushed_destination')} (their results came from the cache)")
+    elif not was_pushed and not reason:
+        # A model trained on the same data with the same settings as the one served is
+        # nothing new, whatever the gate said of it.
+        reason = unchanged_reason(os.path.join(by_name["Trainer"].uris()["model"],
+                                               "Format-Serving"), ev.get("baseline_model"),
+                                  keys=("data", "settings")) or (
+            "the evaluator did not bless the model" if not ev["blessed"]
+            else "the compressor did not bless the compressed model")
+    summary = {
         "evaluation": _metrics_only(ev["metrics"]["model"]),
         "baseline": {"popularity": _metrics_only(ev["metrics"]["popularity"]),
-                     **({"last_blessed": _metrics_only(ev["metrics"]["last_blessed"])}
-                        if ev["metrics"].get("last_blessed") else {})},
+                     **({"served": _metrics_only(ev["metrics"]["served"])}
+                        if ev["metrics"].get("served") else {})},
         "blessed": bool(ev["blessed"]),
         "gate": {"k": ev["gate_k"], "floors": ev["floors"],
                  "failed": [c["message"] for c in ev["checks"] if not c["passed"]],
@@ -40,6 +55,26 @@ def build(records: List[ComponentRecord]) -> dict:
         "pushed": was_pushed,
         "pushed_version_dir": pushed.get("pushed_destination") if was_pushed else None,
     }
+    if not was_pushed:
+        summary["push_skipped_reason"] = reason
+    summary["training"] = training_block(by_name.get("Trainer"))
+    return summary
+
+
+def training_block(trainer: Optional[ComponentRecord]) -> Optional[dict]:
+    """``{"mode", "base_model", "examples", "steps", "seconds", ...}`` of the Trainer's
+    ``training_history.json``; ``cached`` when that result came from an earlier run."""
+    from trainer.task import HISTORY_FILE
+    if trainer is None or "model_run" not in trainer.uris():
+        return None
+    path = os.path.join(trainer.uris()["model_run"], HISTORY_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        block = json.load(f).get("training")
+    if block is not None and trainer.state == "CACHED":
+        block = {**block, "cached": True}
+    return block
 
 
 def timings(stage_seconds: Dict[str, float], component_seconds: Dict[str, float],
@@ -80,6 +115,12 @@ def format_summary(s: dict) -> str:
                      f"{'BLESSED' if c['blessed'] else 'NOT BLESSED'}")
     else:
         lines.append(f"[summary] compression skipped: {c.get('reason', '')}")
+    t = s.get("training")
+    if t:
+        lines.append(f"[summary] training: {t['mode']} ({t.get('reason', '')}); "
+                     f"{t['examples']:,} examples, {t['steps']:,} steps, {t['seconds']:.1f}s"
+                     + (" (from the cache)" if t.get("cached") else ""))
     lines.append(f"[summary] pushed: {s['pushed_version_dir']}" if s["pushed"]
-                 else "[summary] not pushed; earlier versions are untouched")
+                 else f"[summary] not pushed ({s.get('push_skipped_reason')}); earlier "
+                 f"versions are untouched")
     return "\n".join(lines)

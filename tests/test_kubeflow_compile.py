@@ -81,6 +81,7 @@ def test_every_step_runs_the_project_image_and_entrypoint(compiled):
     assert classes["ModelCompressor"] == "components.compression.component.Executor"
     assert classes["FileBasedExampleGen"] == "components.parquet_example_gen.Executor"
     assert classes["Trainer"] == "tfx.components.trainer.executor.GenericExecutor"
+    assert classes["Pusher"] == "components.pusher.executor.Executor"  # skips unchanged models
 
 
 def test_trainer_resources(compiled):
@@ -132,11 +133,26 @@ def test_runtime_parameters_with_defaults(compiled):
 def test_platform_spec_mounts_the_model_volume_into_the_pusher(compiled):
     _, spec, platform = compiled
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    # The Pusher writes versions there; the evaluator reads the served one as baseline.
-    for step in ("Pusher", "RetrievalEvaluator"):
+    # The Pusher writes versions there; the evaluator reads the served one as baseline;
+    # the Trainer keeps its towers there for the next run's warm start.
+    for step in ("Pusher", "RetrievalEvaluator", "Trainer"):
         [mount] = executors[spec["components"][step]["executorLabel"]]["pvcMount"]
         assert mount["mountPath"] == "/models" and mount["constant"] == "twotower-models"
     assert set(executors) <= set(spec["deploymentSpec"]["executors"])
+
+
+def test_the_trainer_warm_starts_from_the_model_volume(compiled):
+    _, spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    # No Resolver step (TFX compiles one into a Vertex-only executor): the Trainer reads
+    # the newest towers under warm_start_dir and publishes its own there.
+    assert not any("resolver" in t for t in tasks)
+    assert "base_model" not in tasks["Trainer"].get("inputs", {}).get("artifacts", {})
+    config = json.loads(tasks["Trainer"]["inputs"]["parameters"]["custom_config"][
+        "runtimeValue"]["constant"])
+    assert config["trainer"]["warm_start_dir"] == kubeflow.DEFAULT_WARM_START_DIR
+    assert config["trainer"]["warm_start"] is True
+    assert kubeflow.DEFAULT_WARM_START_DIR.startswith("/models/")
 
 
 def test_json_output_is_the_spec_alone(tmp_path):

@@ -30,8 +30,8 @@ TINY_TRAINER = TrainerConfig(epochs=1, batch_size=256, tower_layers=(32,), outpu
 
 
 class FakeLauncher:
-    def __init__(self, spec, tmp, params):
-        self.spec, self.tmp, self.params = spec, tmp, params
+    def __init__(self, spec, tmp, params, bucket=BUCKET):
+        self.spec, self.tmp, self.params, self.bucket = spec, tmp, params, bucket
         self.outputs = {}  # task -> {key: RuntimeArtifact dict with remote URI}
 
     def _param(self, value):
@@ -52,13 +52,15 @@ class FakeLauncher:
                 ref["taskOutputArtifact"]["outputArtifactKey"]])
             produced["type"] = {"schemaTitle": "system.Artifact"}  # as ML Metadata types it
             inputs["artifacts"][key] = {"artifacts": [produced]}
+        # A fresh file per run and task, as each launcher pod has.
         outputs = {"artifacts": {}, "outputFile": os.path.join(
-            self.tmp, "kfp_outputs", task, "output_metadata.json")}
+            self.tmp, "kfp_outputs", self.bucket.rsplit("/", 1)[-1], task,
+            "output_metadata.json")}
         for i, (key, d) in enumerate(sorted(component.get("outputDefinitions", {}).get(
                 "artifacts", {}).items())):
             artifact_type = dict(d["artifactType"]) if i else {"instanceSchema": ""}
             outputs["artifacts"][key] = {"artifacts": [{
-                "name": f"{task}-{key}", "uri": f"{BUCKET}/{task}/{key}",
+                "name": f"{task}-{key}", "uri": f"{self.bucket}/{task}/{key}",
                 "type": artifact_type}]}
         return {"inputs": inputs, "outputs": outputs}
 
@@ -90,10 +92,13 @@ def launched(tmp_path_factory):
     from ingest import prepare, synthetic
     tmp = str(tmp_path_factory.mktemp("kfp"))
     raw, prepared = os.path.join(tmp, "raw"), os.path.join(tmp, "prepared")
-    synthetic.generate(raw, synthetic.SyntheticConfig(num_interactions=4000, seed=5))
+    # A data producer's first increment (README "Continuous training").
+    synthetic.generate(os.path.join(raw, "span-1"),
+                       synthetic.SyntheticConfig(num_interactions=4000, seed=5))
     prepare.prepare(raw, prepared, log=lambda *_: None)
+    warm_dir = os.path.join(tmp, "models", "recommender-warm-start")
     spec, _ = kubeflow.compile_spec(kubeflow.KubeflowOptions(
-        image="reg/twotower-recommender:test", trainer=TINY_TRAINER,
+        image="reg/twotower-recommender:test", trainer=TINY_TRAINER, warm_start_dir=warm_dir,
         beam_pipeline_args=("--direct_running_mode=in_memory", "--direct_num_workers=1")))
     # The schema file's image path (/pipeline/...) is this checkout here.
     schema = spec["root"]["dag"]["tasks"]["ImportSchemaGen"]["inputs"]["parameters"][
@@ -108,6 +113,7 @@ def launched(tmp_path_factory):
     saved, kfp_entrypoint.LAUNCHER_LOCAL_ROOTS = kfp_entrypoint.LAUNCHER_LOCAL_ROOTS, roots
     try:
         launcher = FakeLauncher(spec, tmp, params)
+        launcher.raw, launcher.warm_dir = raw, warm_dir
         for task in ORDER:
             launcher.run(task)
         yield launcher, serving
@@ -307,3 +313,35 @@ def test_tfjob_failure_fails_the_step(launched, fake_k8s, tmp_path):
     inputs, outputs, props = _trainer_dicts(launcher, str(tmp_path / "out"), settings)
     with pytest.raises(tfjob.TFJobFailed, match="worker 1 exited"):
         tfjob.TFJobTrainerExecutor().Do(inputs, outputs, props)
+
+
+def test_next_span_warm_starts_the_trainer_from_the_model_volume(launched):
+    from ingest import prepare, synthetic
+    from trainer import warmstart
+    launcher, _ = launched
+    first = warmstart.newest_published(launcher.warm_dir)
+    assert first is not None, "the first run's Trainer publishes its towers"
+    with open(os.path.join(launcher.local("Trainer", "model_run"),
+                           "training_history.json")) as f:
+        assert json.load(f)["training"]["mode"] == "full"
+    # The producer drops the next increment; the next scheduled run picks it up.
+    synthetic.generate(os.path.join(launcher.raw, "span-2"),
+                       synthetic.SyntheticConfig(num_interactions=1500, seed=6))
+    prepare.prepare(launcher.raw, launcher.params["data_root"], log=lambda *_: None)
+    second = FakeLauncher(launcher.spec, launcher.tmp, launcher.params,
+                          bucket=BUCKET.replace("run-1", "run-2"))
+    second.outputs = dict(launcher.outputs)  # the schema of the first run's ImportSchemaGen
+    roots = dict(kfp_entrypoint.LAUNCHER_LOCAL_ROOTS, **{"minio://": launcher.tmp + "/minio/"})
+    saved, kfp_entrypoint.LAUNCHER_LOCAL_ROOTS = kfp_entrypoint.LAUNCHER_LOCAL_ROOTS, roots
+    try:
+        for task in ("FileBasedExampleGen", "Transform", "SequenceGen", "Trainer"):
+            second.run(task)
+    finally:
+        kfp_entrypoint.LAUNCHER_LOCAL_ROOTS = saved
+    with open(os.path.join(kfp_entrypoint.local_path(second.outputs["Trainer"]["model_run"]["uri"]),
+                           "training_history.json")) as f:
+        t = json.load(f)["training"]
+    assert t["mode"] == "warm_start" and t["base_model"] == first, t["reason"]
+    assert t["spans"] == ["1", "2"] and t["new_windows"] > 0 and t["steps"] > 0
+    assert t["carried_rows"]["item_id_xf"]["kept"] > 0
+    assert warmstart.newest_published(launcher.warm_dir) == t["published"] != first

@@ -25,4 +25,4 @@ def test_executor_class_paths_of_the_compiled_components_import(tmp_path):
     assert {c.id for c in p.components} == {
         "FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
         "DataValidationGate", "Transform", "SequenceGen", "Trainer",
-        "latest_blessed_model_resolver", "RetrievalEvaluator", "ModelCompressor", "Pusher"}
+        "latest_model_resolver", "RetrievalEvaluator", "ModelCompressor", "Pusher"}

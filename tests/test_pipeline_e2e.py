@@ -38,7 +38,7 @@ def test_runs_through_trainer_and_records_in_mlmd(first_run):
     assert set(records) == {"FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen",
                             "ExampleValidator", "DataValidationGate", "Transform", "SequenceGen",
                             "Trainer",
-                            "latest_blessed_model_resolver", "RetrievalEvaluator",
+                            "latest_model_resolver", "RetrievalEvaluator",
                             "ModelCompressor", "Pusher"}
     assert all(r.state == "COMPLETE" for r in records.values())
     examples = records["FileBasedExampleGen"].output("examples")
@@ -80,13 +80,19 @@ def test_trainer_recorded_model_and_history(first_run):
 
 
 def test_second_run_with_unchanged_inputs_is_cached(small_pipeline):
-    root, _, opts = small_pipeline
-    local.run(opts)
+    root, first, opts = small_pipeline
+    summary = local.run(opts)["run_summary"]
     states = {name: r.state for name, r in _records(root).items()}
     assert states["FileBasedExampleGen"] == "CACHED"
     assert states["StatisticsGen"] == "CACHED"
     assert states["Transform"] == "CACHED"
-    assert states["Trainer"] == "CACHED"
+    # The Resolver now hands the first run's model to the Trainer as base_model: a new
+    # input, so the Trainer runs, warm-started, with nothing new to train on.
+    assert states["Trainer"] == "COMPLETE"
+    training = summary["training"]
+    assert training["mode"] == "warm_start" and training["steps"] == 0
+    assert training["base_model"].startswith(os.path.join(root, "Trainer", "model"))
+    assert summary["pushed"] is False and summary["push_skipped_reason"]
 
 
 def test_anomalies_stop_the_run_before_transform(tmp_path):
