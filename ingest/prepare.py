@@ -10,7 +10,8 @@ Two raw layouts:
 * **Increments** (continuous training): the raw directory holds ``span-1/``,
   ``span-2/``, ... each in one of the supported formats and each holding only the
   interactions that are new since the previous span. Prepared span N is spans
-  1..N together, split by global time (the eval window is the newest interactions).
+  1..N together, split by global time: the eval window is the newest span (the
+  ``newest_span`` split), which the next run then trains on.
   The manifest records the fingerprint of every increment; an increment that changed
   after it was prepared is reported (``changed_spans``), and the Trainer, which
   compares the rows themselves, then retrains from scratch.
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 
 from ingest.readers import detect_format, read_dataset
 from ingest.report import DropReport
-from ingest.split import SplitConfig, temporal_split
+from ingest.split import STRATEGIES, SplitConfig, temporal_split
 from ingest.tables import Dataset, IdCodes, Interactions
 
 SPAN_DIR = re.compile(r"^span-(\d+)$")
@@ -58,7 +59,7 @@ SCHEMA = pa.schema([
     ("user_occupation", pa.string()), ("item_genres", pa.list_(pa.string())),
     ("item_year", pa.int64()), ("span", pa.int64()),
 ])
-CONTINUOUS_SPLIT = SplitConfig("global_time")  # the default split of increments
+CONTINUOUS_SPLIT = SplitConfig("newest_span")  # the default split of increments
 
 
 @dataclasses.dataclass
@@ -123,7 +124,7 @@ def prepare(data_dir: str, output_dir: str, split: Optional[SplitConfig] = None,
             max_bad_fraction: float = 0.01, log=print) -> List[PreparedSpan]:
     """Prepares the newest span of ``data_dir``; returns it in a one-item list.
 
-    ``split`` defaults to the global-time split for increments and to per-user
+    ``split`` defaults to the newest-span split for increments and to per-user
     otherwise (``ingest/split.py``).
     """
     data_dir = os.path.abspath(data_dir)
@@ -200,7 +201,7 @@ def _prepare_span(increments: Sequence[Tuple[int, str]], path: str, fingerprint:
     ds, row_span = merge_increments(parts)
     log(f"[ingest] read {drops.rows_read:,} rows in {time.time() - start:.1f}s; splitting "
         f"and writing Parquet")
-    train_rows, eval_rows = temporal_split(ds.interactions, split)
+    train_rows, eval_rows = temporal_split(ds.interactions, split, row_span)
     # Rows are written in a fixed random order, not by user: training reads them with a
     # bounded shuffle buffer, which cannot mix a file sorted by user.
     rng = np.random.default_rng(0)
@@ -297,8 +298,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--split", choices=["per_user", "global_time"], default=None,
-                   help="default: global_time for span-N increments, else per_user")
+    p.add_argument("--split", choices=STRATEGIES, default=None,
+                   help="default: newest_span for span-N increments, else per_user")
     p.add_argument("--eval-fraction", type=float, default=0.2)
     p.add_argument("--max-bad-fraction", type=float, default=0.01)
     a = p.parse_args(argv)

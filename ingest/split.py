@@ -1,6 +1,6 @@
 """Leakage-free temporal train/eval splits.
 
-Two strategies:
+Three strategies:
 
 ``per_user`` (default)
     For each user, the interactions at or after the time of the user's last
@@ -15,6 +15,12 @@ Two strategies:
     strictly before the cut, eval at or after it. Nothing in train happened after
     anything in eval, for any user, which is the stricter guarantee; users first seen
     after the cut are cold-start users in eval.
+``newest_span`` (default for continuous training)
+    Global time, with the cut at the earliest interaction of the newest increment
+    (span), so eval is the newest span and the next run trains on it: the pushed
+    model lags the data by one span, not by ``eval_fraction`` of everything. The cut
+    is never earlier than ``global_time``'s, so a large or back-dated span still
+    leaves at most ``eval_fraction`` in eval. With a single span it is ``global_time``.
 
 Vocabularies are later built on the train split only (Transform ``analyze``), so eval
 items unseen in train are out-of-vocabulary, as they would be in production.
@@ -22,13 +28,13 @@ items unseen in train are out-of-vocabulary, as they would be in production.
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ingest.tables import Interactions
 
-STRATEGIES = ("per_user", "global_time")
+STRATEGIES = ("per_user", "global_time", "newest_span")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +50,23 @@ class SplitConfig:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
 
 
-def temporal_split(data: Interactions, cfg: SplitConfig) -> Tuple[np.ndarray, np.ndarray]:
-    """Returns ``(train_rows, eval_rows)``: row indices, each sorted by (user, time)."""
+def temporal_split(data: Interactions, cfg: SplitConfig,
+                   row_span: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Returns ``(train_rows, eval_rows)``: row indices, each sorted by (user, time).
+
+    ``row_span`` (the increment each row arrived in) is used by ``newest_span`` only.
+    """
     order = np.lexsort((np.arange(len(data)), data.timestamp, data.user))
-    if cfg.strategy == "global_time":
+    if cfg.strategy in ("global_time", "newest_span"):
         cut = np.quantile(data.timestamp, 1.0 - cfg.eval_fraction, method="higher")
-        is_eval = data.timestamp[order] >= cut
-        if is_eval.all():  # every timestamp equal: nothing to cut
-            is_eval[:] = False
+        if (cfg.strategy == "newest_span" and row_span is not None and len(row_span)
+                and row_span.min() < row_span.max()):
+            cut = max(cut, data.timestamp[row_span == row_span.max()].min())
+        ts = data.timestamp[order]
+        is_eval = ts >= cut
+        if is_eval.all():  # the cut fell on the earliest time: cut at the next one instead
+            later = ts[ts > cut]
+            is_eval = ts >= later.min() if len(later) else np.zeros_like(is_eval)
     else:
         is_eval = _per_user_eval_mask(data.user[order], data.timestamp[order],
                                       cfg.eval_fraction)

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Beam options as one string, e.g. \"--runner=FlinkRunner "
                      "--flink_master=host:8081\" (default: DirectRunner, multi-processing)")
     run.add_argument("--split", choices=STRATEGIES, default=None,
-                     help="temporal split strategy (default: global_time when DIR holds "
+                     help="temporal split strategy (default: newest_span when DIR holds "
                      "span-N increments, else per_user)")
     run.add_argument("--eval-fraction", type=float, default=0.2)
     run.add_argument("--max-bad-fraction", type=float, default=0.01,

@@ -29,6 +29,20 @@ def test_per_user_takes_each_users_latest_fraction():
     assert sorted(np.concatenate([train, ev]).tolist()) == list(range(18))
 
 
+def test_newest_span_evaluates_on_the_newest_increment():
+    # 10 rows at t=0..9; span 1 = t 0..6, span 2 = t 7..9 (30%): eval is span 2, not the
+    # newest 20% (t 8, 9). With one span it is the global-time cut.
+    data = _data([0] * 5 + [1] * 5, list(range(10)))
+    spans = np.array([1] * 7 + [2] * 3)
+    _, ev = temporal_split(data, SplitConfig("newest_span", 0.4), spans)
+    assert sorted(ev.tolist()) == [7, 8, 9]
+    _, ev = temporal_split(data, SplitConfig("newest_span", 0.2), np.ones(10, np.int64))
+    assert sorted(ev.tolist()) == [8, 9]
+    # A back-dated newest span (t 0..2) never takes more than eval_fraction to eval.
+    _, ev = temporal_split(data, SplitConfig("newest_span", 0.2), np.array([2] * 3 + [1] * 7))
+    assert sorted(ev.tolist()) == [8, 9]
+
+
 def test_per_user_boundary_ties_go_to_eval_unless_that_empties_train():
     # user 0: t = 1, 2, 3, 3, 3 ; last 20% is 1 row at t=3 -> every t=3 row goes to eval.
     # user 1: all five rows at t=7 -> ties would take everything, so all stay in train.
