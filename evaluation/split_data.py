@@ -102,13 +102,16 @@ def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
         m = sp.csr_matrix((np.ones(known.sum(), np.float32), (rows[known], cols[known])),
                           shape=(n_u, n_i))
         m.data[:] = 1.0  # repeats count once
-        return m, rows[~known]
+        return m, rows[~known], np.asarray(items)[~known]
 
-    train, _ = matrix(tu, ti)
-    ev, cold_rows = matrix(eu, ei)
+    train, _, _ = matrix(tu, ti)
+    ev, cold_rows, cold_items = matrix(eu, ei)
     ev = ev - ev.multiply(train)  # an eval item the user already had in train is not new
     ev.eliminate_zeros()
-    cold = np.bincount(cold_rows, minlength=n_u)
+    # Items outside the catalog, once per (user, item) like the repeats in ``ev``.
+    cold_pairs = set(zip(cold_rows.tolist(), cold_items.tolist()))
+    cold = np.bincount(np.fromiter((r for r, _ in cold_pairs), np.int64, len(cold_pairs)),
+                       minlength=n_u)
     split = SplitMatrices(list(user_ids), item_ids, train.tocsr(), ev.tocsr(), cold)
     if train_times is not None:
         rows = np.fromiter((user_index[u] for u in tu), np.int64, len(tu))

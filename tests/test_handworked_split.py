@@ -8,7 +8,6 @@ t >= cut for every user, so users first seen after the cut appear only in eval.
 Both return row indices sorted by (user, timestamp, row).
 """
 import numpy as np
-import pytest
 
 from ingest.split import SplitConfig, temporal_split
 from ingest.tables import Interactions
@@ -90,9 +89,6 @@ def test_global_time_all_equal_timestamps_stay_in_train():
     assert ev.tolist() == [] and train.tolist() == [0, 1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "global_time puts everything in train whenever the cut equals the earliest "
-    "timestamp, not only when all timestamps are equal (ingest/split.py, is_eval.all())"))
 def test_global_time_cut_on_the_earliest_timestamp_still_has_an_eval_split():
     # times [1, 1, 1, 1, 2]: position (5 - 1) * 0.75 = 3 -> cut t = 1 -> t >= 1 is every
     # row, and the fallback meant for "every timestamp equal" empties eval. A cut at the

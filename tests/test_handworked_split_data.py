@@ -87,10 +87,6 @@ def test_train_history_in_time_order_with_repeats():
     assert s.train[0].toarray().tolist() == [[1, 1]]  # repeats count once in the matrix
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a cold eval item repeated by the same user is counted once per row in "
-    "eval_cold_items (np.bincount over rows), while a repeated in-catalog item "
-    "counts once (evaluation/split_data.py build_split)"))
 def test_repeated_cold_item_counts_once_like_a_repeated_catalog_item():
     # u0 trains on a only, so the catalog is [a]; eval b, z, z, b are 2 distinct items
     # outside it, each seen twice. In-catalog repeats count once, so this should be 2,
