@@ -7,6 +7,7 @@ left empty, parameters from the spec and the run's parameter values), runs the
 step's container arguments through ``runner.kfp_entrypoint.main``, and reads the
 executor output. Every step runs for real on a few thousand synthetic interactions.
 """
+import glob
 import http.server
 import json
 import os
@@ -156,17 +157,25 @@ def test_custom_components_and_pusher(launched):
     with open(os.path.join(launcher.local("RetrievalEvaluator", "evaluation"),
                            "metrics.json")) as f:
         metrics = json.load(f)
-    assert metrics["metrics"]["model"]["recall@50"] >= 0.0
+    # A trained model: at least twice a random ranking's recall@50 (50 / catalog size).
+    assert metrics["metrics"]["model"]["recall@50"] > 2 * 50 / metrics["catalog_size"]
     assert metrics["floors"] == {"min_recall": 0.0, "min_coverage": 0.0}  # runtime params
+    gate_passed = all(c["passed"] for c in metrics["checks"])
+    evaluator_blessing = launcher.outputs["RetrievalEvaluator"]["blessing"]
+    assert (evaluator_blessing["metadata"].get("blessed") == 1) == gate_passed
     blessing = launcher.outputs["ModelCompressor"]["blessing"]
     blessed = blessing["metadata"].get("blessed") == 1
+    assert not blessed or gate_passed  # the compressor never blesses a refused model
     assert os.path.isfile(os.path.join(launcher.local("ModelCompressor", "blessing"),
                                        "BLESSED" if blessed else "NOT_BLESSED"))
     pushed = launcher.outputs["Pusher"]["pushed_model"]["metadata"].get("pushed") == 1
     assert pushed == blessed
+    versions = os.listdir(serving) if os.path.isdir(serving) else []
     if pushed:
-        [version] = os.listdir(serving)
+        [version] = versions
         assert os.path.isfile(os.path.join(serving, version, "saved_model.pb"))
+    else:
+        assert versions == []
 
 
 def _artifact(title="", uri="minio://b/x", **metadata):
@@ -299,8 +308,19 @@ def test_tfjob_trainer_submits_waits_and_collects_the_model(launched, fake_k8s, 
     assert worker["replicas"] == 2
     container = worker["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert all(str(tmp_path / "staging") in a for a in container["args"]
-               if a.startswith("/") and "staging" in a)
+    # Every path the workers get is rebased into this job's staging folder, and the
+    # staged inputs are real copies (the train and eval globs match files there).
+    stage = os.path.join(str(tmp_path / "staging"), job["metadata"]["name"])
+    args = container["args"]
+    paths = {flag: [args[i + 1] for i, a in enumerate(args) if a == flag]
+             for flag in ("--train-files", "--eval-files", "--transform-graph",
+                          "--serving-model-dir", "--model-run-dir")}
+    for flag, values in paths.items():
+        assert values, flag
+        assert all(v.startswith(stage + os.sep) for v in values), (flag, values)
+    for flag in ("--train-files", "--eval-files"):
+        assert all(glob.glob(p) or os.path.exists(p) for p in paths[flag]), paths[flag]
+    assert os.path.isdir(os.path.join(paths["--transform-graph"][0], "transform_fn"))
     model = outputs["model"][0].uri
     assert os.path.isfile(os.path.join(model, "Format-Serving", "saved_model.pb"))
     assert os.listdir(outputs["model_run"][0].uri)
