@@ -93,7 +93,7 @@ def test_impossible_floor_blocks_the_push_and_says_why(first, capsys):
     assert _tree_digest(serving) == before
 
 
-def test_worse_model_is_refused_against_the_blessed_baseline(first):
+def test_worse_model_is_refused_against_the_served_version(first):
     root, opts, serving, before = first
     # Trained from scratch: a warm start would begin from the good model's weights.
     worse = dataclasses.replace(opts.trainer, epochs=1, logq_correction=False,
