@@ -1,6 +1,7 @@
 """Shared test helpers. MovieLens 100K is read from ../shared, never copied here."""
 import os
 import pathlib
+import shutil
 
 import project_env  # noqa: F401  (TF_USE_LEGACY_KERAS before any TensorFlow import)
 
@@ -39,8 +40,12 @@ def small_pipeline(tmp_path_factory):
                                  # equally good models. MovieLens runs use the 2% default.
                                  max_compression_recall_drop=0.05)
     summary = local.run(opts)
-    # Later tests re-run the pipeline in this root; keep what the first run recorded.
+    # Later tests re-run the pipeline in this root; keep what the first run recorded,
+    # its report too (a rerun with nothing new trains nothing and rewrites report.html).
     summary["records"] = {name: _record(root, name) for name in summary["components"]}
+    if summary.get("report"):
+        summary["first_report"] = str(tmp_path_factory.mktemp("first-run") / "report.html")
+        shutil.copyfile(summary["report"], summary["first_report"])
     return root, summary, opts
 
 
