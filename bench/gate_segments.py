@@ -22,15 +22,6 @@ import copy  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def only(split, keep: np.ndarray):
-    """``split`` with eval rows kept for the users in ``keep`` only."""
-    s = copy.copy(split)
-    s.eval = split.eval.multiply(keep[:, None]).tocsr()
-    s.eval.eliminate_zeros()
-    s.eval_cold_items = split.eval_cold_items * keep
-    return s
-
-
 def last_history(split, last: int):
     """``split`` whose per-user train history (the query) is cut to the last ``last`` items."""
     s = copy.copy(split)
@@ -49,7 +40,7 @@ def main(argv=None) -> int:
     import tensorflow_transform as tft
     from evaluation.baselines import evaluate_baseline
     from evaluation.model_eval import evaluate_saved_model
-    from evaluation.split_data import load_split_from_examples
+    from evaluation.split_data import load_split_from_examples, only_users
     from runner import local
     from transform import features as F
     graph = local.component_record(a.pipeline_root, "Transform").uris()["transform_graph"]
@@ -65,7 +56,7 @@ def main(argv=None) -> int:
     for name, keep in (("all", np.ones(len(n_train), bool)), ("cold (no train history)", n_train == 0),
                        ("1-19 train interactions", (n_train > 0) & (n_train < 20)),
                        (">= 20 train interactions", n_train >= 20)):
-        s = only(split, keep)
+        s = only_users(split, keep)
         users = int((s.relevant_counts() > 0).sum())
         if not users:
             continue
@@ -73,7 +64,7 @@ def main(argv=None) -> int:
         pop = evaluate_baseline(s, "popularity", [a.k])[key]
         ease = evaluate_baseline(s, "ease", [a.k])[key]
         print(f"{name:30s} {users:6d} {s.eval.nnz:11d} {m:7.4f} {pop:11.4f} {ease:7.4f}")
-    heavy = only(split, n_train >= 20)
+    heavy = only_users(split, n_train >= 20)
     for last in (0, 5, 20):
         m = evaluate_saved_model(model, last_history(heavy, last), [a.k])[key]
         print(f">= 20 segment, query history = last {last:2d} train items: model {key} {m:.4f}")

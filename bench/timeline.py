@@ -61,13 +61,10 @@ def window_split(data, known: np.ndarray, target: np.ndarray):
     the users the pipeline knew: a client asks for them by ID (a user first seen in
     the window gets the cold-start answer, the same from every method)."""
     from evaluation.holdout import to_split
+    from evaluation.split_data import only_users
     split = to_split(data, known, target)
     known_ids = {data.user_ids[u] for u in np.unique(data.user[known])}
-    keep = np.array([u in known_ids for u in split.user_ids])
-    split.eval = split.eval.multiply(keep[:, None]).tocsr()
-    split.eval.eliminate_zeros()
-    split.eval_cold_items = split.eval_cold_items * keep
-    return split
+    return only_users(split, np.array([u in known_ids for u in split.user_ids]))
 
 
 def score_served(model_dir: str, data, known: np.ndarray, target: np.ndarray,

@@ -1,6 +1,8 @@
 """The prepared train/eval split as sparse user-item matrices over one item index."""
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import glob
 import os
@@ -123,3 +125,13 @@ def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
         split.train_order_indptr = np.concatenate(
             [[0], np.cumsum(np.bincount(rows, minlength=n_u))]).astype(np.int64)
     return split
+
+
+def only_users(split: SplitMatrices, keep: np.ndarray) -> SplitMatrices:
+    """A shallow copy of ``split`` whose eval rows are kept only where ``keep`` is true
+    (train, catalog and histories unchanged), to score one group of users."""
+    out = copy.copy(split)
+    out.eval = split.eval.multiply(np.asarray(keep)[:, None]).tocsr()
+    out.eval.eliminate_zeros()
+    out.eval_cold_items = split.eval_cold_items * keep
+    return out

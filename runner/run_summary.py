@@ -45,7 +45,9 @@ def build(records: List[ComponentRecord]) -> dict:
     summary = {
         "evaluation": _metrics_only(ev["metrics"]["model"]),
         "baseline": {"popularity": _metrics_only(ev["metrics"]["popularity"]),
-                     **({"served": _metrics_only(ev["metrics"]["served"])}
+                     # "last_blessed": the key's earlier name, kept for readers of it.
+                     **({k: _metrics_only(ev["metrics"]["served"])
+                         for k in ("served", "last_blessed")}
                         if ev["metrics"].get("served") else {})},
         "blessed": bool(ev["blessed"]),
         "gate": {"k": ev["gate_k"], "floors": ev["floors"],

@@ -103,6 +103,7 @@ def test_worse_model_is_refused_against_the_served_version(first):
     assert s["training"]["mode"] == "full" and s["training"]["reason"].startswith(
         "full retrain requested")
     assert "served" in s["baseline"]
+    assert s["baseline"]["last_blessed"] == s["baseline"]["served"]  # the earlier key
     regression = [c for c in s["gate"]["checks"] if c["name"] == "no_regression"][0]
     assert not regression["passed"]
     assert "vs served" in regression["message"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from evaluation.baselines import evaluate_baseline, relevant_lists
-from evaluation.split_data import build_split
+from evaluation.split_data import build_split, only_users
 
 A = lambda *xs: np.array(xs, dtype=object)  # noqa: E731
 
@@ -93,3 +93,15 @@ def test_repeated_cold_item_counts_once_like_a_repeated_catalog_item():
     # not 4 (recall would otherwise divide the user's hits by 4 instead of 2).
     s = build_split(A("u0"), A("a"), A("u0", "u0", "u0", "u0"), A("b", "z", "z", "b"))
     assert s.eval_cold_items.tolist() == [2]
+
+
+def test_only_users_keeps_the_chosen_users_eval_rows_and_nothing_else():
+    # u0 trains on a, u1 on b; eval: u0 -> b and cold z, u1 -> a. Keeping u1 only leaves
+    # u1's eval row, drops u0's eval item and cold count, and keeps both train rows.
+    s = build_split(A("u0", "u1"), A("a", "b"), A("u0", "u0", "u1"), A("b", "z", "a"))
+    kept = only_users(s, np.array([False, True]))
+    assert kept.eval.toarray().tolist() == [[0, 0], [1, 0]]
+    assert kept.eval_cold_items.tolist() == [0, 0]
+    assert (kept.train != s.train).nnz == 0
+    assert s.eval.toarray().tolist() == [[0, 1], [1, 0]] and s.eval_cold_items.tolist() == [1, 0]
+
