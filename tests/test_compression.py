@@ -27,6 +27,7 @@ def test_quantize_rows_by_hand():
 
 
 def test_serving_towers_match_the_keras_tower():
+    tf.keras.utils.set_random_seed(0)  # the same random tower whatever ran before
     model = _model()
     query, candidate = model.query_tower, model.candidate_tower
     feats = {f: np.array([0, 1, 2, 1]) for f in QUERY_FEATURES}
@@ -37,8 +38,12 @@ def test_serving_towers_match_the_keras_tower():
     c_float = candidate(items).numpy()
     np.testing.assert_allclose(ServingTower(candidate)(items).numpy(), c_float, atol=1e-6)
     q_int8 = ServingTower(query, int8=True)(feats).numpy()
-    cosine = (q_float * q_int8).sum(axis=1)
-    assert (cosine > 0.999).all(), cosine
+    # A random tower can switch every ReLU off for an input: then both give the zero
+    # vector (seen with seed 12); every other row keeps its direction through int8.
+    live = np.linalg.norm(q_float, axis=1) > 0
+    np.testing.assert_array_equal(q_int8[~live], 0.0)
+    cosine = (q_float * q_int8).sum(axis=1)[live]
+    assert live.sum() >= 3 and (cosine > 0.999).all(), cosine
     cands = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
     exact = q_float @ cands.T
     approx = Int8Index(cands).scores(tf.constant(q_float)).numpy()
