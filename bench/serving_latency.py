@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
-from serving.local_process import ServerProcess  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
 
 K = 100
 

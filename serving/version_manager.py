@@ -3,10 +3,11 @@
 Policy, as TensorFlow Serving's default ``latest { num_versions: N }`` with its
 availability-preserving order (load the new version, then unload the old one):
 
-* A version is a sub-directory whose name is an integer and that holds
-  ``saved_model.pb``. The TFX Pusher copies ``saved_model.pb`` last, and other
-  writers should copy to a temporary name and rename, so a directory that has it
-  is complete. Other names (``.tmp-123``, ``123.partial``) are ignored.
+* A version is a sub-directory whose name is an integer, as for TensorFlow
+  Serving's file-system poller; other names (``.push-ab12``, ``123.partial``) are
+  ignored. Writers stage under such a name and rename (the project's Pusher,
+  ``components/pusher/executor.py``), so a version appears complete. A directory
+  caught mid-copy fails to load like any broken version below.
 * The newest ``num_versions`` loadable versions are served. A new one is loaded and
   its warm-up requests replayed before it is published; requests already running
   keep the ``LoadedVersion`` they resolved, so a switch drops none of them.
@@ -35,7 +36,7 @@ class VersionStatus:
 
 
 def list_versions(base_path: str) -> Dict[int, str]:
-    """``{version: directory}`` of the complete version directories under ``base_path``."""
+    """``{version: directory}`` of the integer-named directories under ``base_path``."""
     try:
         names = os.listdir(base_path)
     except FileNotFoundError:
@@ -43,7 +44,7 @@ def list_versions(base_path: str) -> Dict[int, str]:
     found = {}
     for name in names:
         path = os.path.join(base_path, name)
-        if name.isdigit() and os.path.isfile(os.path.join(path, "saved_model.pb")):
+        if name.isdigit() and os.path.isdir(path):
             found[int(name)] = path
     return found
 

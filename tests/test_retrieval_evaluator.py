@@ -21,8 +21,8 @@ def test_newest_version_dir_is_the_one_tf_serving_would_serve(tmp_path):
     assert evaluator.newest_version_dir("") is None
     _version(base, "9")
     _version(base, "10")   # numeric order, not text order: 10 > 9
-    _version(base, "11", complete=False)  # a copy still in progress
-    _version(base, "tmp-12")
+    _version(base, "11", complete=False)  # broken (no SavedModel): TF Serving cannot serve it
+    _version(base, ".push-12")  # the Pusher's staging name
     assert evaluator.newest_version_dir(base) == os.path.join(base, "10")
 
 

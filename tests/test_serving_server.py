@@ -6,6 +6,7 @@ raw TensorFlow Serving stubs.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +22,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import client as client_cli
 from serving.client import ClientConfig, RecommenderClient, ServingError
 from tests.conftest import REPO_ROOT
-from serving.local_process import ServerProcess, push_version, wait_for
+from components.pusher.executor import push_atomically
+from tests.server_process import ServerProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +46,7 @@ def server(pushed, tmp_path_factory):
     source, version = pushed
     base = str(tmp_path_factory.mktemp("serving") / "recommender")
     os.makedirs(base)
-    push_version(source, base, version)
+    assert push_atomically(source, base, now=version) == str(version)
     proc = ServerProcess(base)
     yield proc, base, version
     code = proc.stop()
@@ -269,9 +271,10 @@ def test_new_version_is_swapped_in_without_failed_requests(server, stubs, pushed
         t.start()
     try:
         wait_for(lambda: len(seen) >= 20)
-        # A directory being written (no saved_model.pb yet) and a foreign name are ignored.
-        os.makedirs(os.path.join(base, str(version + 5), "variables"))
-        push_version(pushed[0], base, version + 1)
+        # The Pusher's staging directory (a version being written) is ignored.
+        staging = os.path.join(base, f".push-{version + 5}")
+        shutil.copytree(pushed[0], staging)
+        assert push_atomically(pushed[0], base, now=version + 1) == str(version + 1)
         wait_for(lambda: seen and seen[-1] == version + 1, timeout=120)
         n = len(seen)
         wait_for(lambda: len(seen) >= n + 20)

@@ -56,13 +56,16 @@ def _ask(manager, version=None):
     return tf.make_ndarray(response.outputs["item_ids"])[0, 0].decode()
 
 
-def test_only_complete_integer_directories_are_versions(tmp_path):
+def test_integer_directories_are_versions(tmp_path):
+    """As TF Serving's poller: every integer name, complete or not (a broken one fails
+    to load); the Pusher's staging name and other names are not versions."""
     _save(tmp_path, 3)
-    (tmp_path / "7" / "variables").mkdir(parents=True)  # still being copied
-    (tmp_path / ".staging-9").mkdir()
-    (tmp_path / ".staging-9" / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "7" / "variables").mkdir(parents=True)
+    (tmp_path / ".push-9").mkdir()
+    (tmp_path / ".push-9" / "saved_model.pb").write_bytes(b"")
     (tmp_path / "latest").mkdir()
-    assert list(list_versions(str(tmp_path))) == [3]
+    (tmp_path / "12").write_bytes(b"")  # a file, not a directory
+    assert sorted(list_versions(str(tmp_path))) == [3, 7]
     assert list_versions(str(tmp_path / "missing")) == {}
 
 
@@ -138,3 +141,4 @@ def test_emptied_base_path_keeps_the_loaded_version(tmp_path):
     shutil.rmtree(tmp_path / "1")
     manager.poll()
     assert _ask(manager) == "v1"
+

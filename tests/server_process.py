@@ -1,10 +1,10 @@
-"""Runs ``python -m serving.server`` in a subprocess (tests and benchmarks)."""
+"""Test harness: runs ``python -m serving.server`` in a subprocess (the serving tests and
+``bench/serving_latency.py``)."""
 from __future__ import annotations
 
 import os
 import pathlib
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,15 +58,6 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
-
-
-def push_version(source_dir: str, base_path: str, version: int) -> str:
-    """Copies a SavedModel to ``base_path/<version>`` atomically: copy, then rename."""
-    staging = os.path.join(base_path, f".staging-{version}")
-    shutil.copytree(source_dir, staging)
-    target = os.path.join(base_path, str(version))
-    os.rename(staging, target)
-    return target
 
 
 def wait_for(condition, timeout: float = 60.0, every: float = 0.1):
