@@ -20,7 +20,7 @@ import sys
 import threading
 import traceback
 from concurrent import futures
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import grpc
 import tensorflow as tf
@@ -37,6 +37,45 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _log_error(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ErrorLog:
+    """Prints an error's traceback the first time; the same error again (type and
+    message) only as a count at 2, 4, 8, ... repeats, and once when it stops, so a
+    persistent error does not flood the log every poll."""
+
+    def __init__(self, what: str, log: Callable[[str], None] = _log_error) -> None:
+        self.what = what
+        self._log = log
+        self._last: Optional[Tuple[str, str]] = None
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def error(self, e: BaseException) -> None:
+        key = (type(e).__name__, str(e))
+        with self._lock:
+            if key != self._last:
+                self._last, self._count = key, 1
+                self._log(f"[serving] {self.what} failed:\n" + "".join(
+                    traceback.format_exception(type(e), e, e.__traceback__)).rstrip())
+                return
+            self._count += 1
+            if self._count & (self._count - 1) == 0:  # a power of two
+                self._log(f"[serving] {self.what} failed again ({self._count} times in a "
+                          f"row): {key[0]}: {key[1].splitlines()[0][:300] if key[1] else ''}")
+
+    def ok(self) -> None:
+        with self._lock:
+            if self._last is not None:
+                self._log(f"[serving] {self.what} works again after {self._count} failures")
+            self._last, self._count = None, 0
+
+
+_REQUEST_ERRORS = ErrorLog("a request")
+
+
 def _answer(context, call):
     """Runs ``call``; a ``RequestError`` becomes its status, anything else INTERNAL."""
     try:
@@ -44,7 +83,7 @@ def _answer(context, call):
     except RequestError as e:
         context.abort(e.code, e.message)
     except Exception as e:  # noqa: BLE001 (a bad request must never take the server down)
-        traceback.print_exc(file=sys.stderr)
+        _REQUEST_ERRORS.error(e)
         context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
 
@@ -149,6 +188,7 @@ class LocalModelServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.manager), self._grpc)
         self._stop = threading.Event()
+        self._poll_errors = ErrorLog("polling the model directory")
         self._poller = threading.Thread(target=self._poll_loop, name="version-poller",
                                         daemon=True)
         self.port: Optional[int] = None
@@ -177,8 +217,10 @@ class LocalModelServer:
         while not self._stop.wait(self.config.poll_seconds):
             try:
                 self.manager.poll()
-            except Exception:  # noqa: BLE001 (keep polling; the error is printed)
-                traceback.print_exc(file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 (keep polling; the error is printed)
+                self._poll_errors.error(e)
+            else:
+                self._poll_errors.ok()
 
     def stop(self) -> None:
         """Refuses new requests, lets those in flight finish (up to the grace period)."""

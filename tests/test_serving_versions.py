@@ -1,6 +1,7 @@
 """Version discovery, loading, warm-up and switching on tiny hand-built SavedModels."""
 import os
 import shutil
+import time
 
 import grpc
 import pytest
@@ -142,3 +143,32 @@ def test_emptied_base_path_keeps_the_loaded_version(tmp_path):
     manager.poll()
     assert _ask(manager) == "v1"
 
+
+def test_a_persistent_poll_error_is_printed_once_then_counted(tmp_path, capfd):
+    """The model directory replaced by a file: every poll fails the same way. The
+    traceback is printed once, repeats only as counts, and recovery is said."""
+    from serving.server import LocalModelServer, ServerConfig
+
+    base = tmp_path / "recommender"
+    _save(base, 1)
+    server = LocalModelServer(ServerConfig(str(base), port=0, host="127.0.0.1",
+                                           poll_seconds=0.01))
+    server.start()
+    try:
+        moved = tmp_path / "moved"
+        base.rename(moved)
+        base.write_text("not a directory")
+        time.sleep(1.5)
+        base.unlink()
+        moved.rename(base)
+        time.sleep(0.3)
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert err.count("[serving] polling the model directory failed:\n") == 1, err
+    assert "NotADirectoryError" in err
+    again = [line for line in err.splitlines() if "failed again (" in line]
+    counts = [int(line.split("failed again (")[1].split()[0]) for line in again]
+    assert counts[:3] == [2, 4, 8] and all(c & (c - 1) == 0 for c in counts), again
+    assert len(err.splitlines()) < 40, err  # not one traceback per poll
+    assert "[serving] polling the model directory works again after" in err
