@@ -1,9 +1,10 @@
 """Console progress for local runs: one line as each component starts and ends.
 
 LocalDagRunner reports component boundaries only through absl INFO logs, and
-absl INFO also carries thousands of lines of Beam chatter. This filter lets the
-boundary lines through (reworded, with the component's wall time and peak memory)
-plus warnings. A :class:`StageMonitor` thread samples the memory of this process
+absl INFO also carries thousands of lines of Beam and TFX chatter. This filter lets
+the boundary lines through (reworded, with the component's wall time and peak
+memory), every INFO record that the project's own code logs (the evaluator's report,
+where the Pusher wrote the model, the Trainer's catalog line), and warnings. A :class:`StageMonitor` thread samples the memory of this process
 and all its children (Beam's worker processes) and prints a heartbeat line while a
 component runs, so a run never sits silent for minutes.
 """
@@ -27,6 +28,14 @@ _KNOWN_NOISE = ("Tables initialized inside a tf.function",
 # Beam relays every worker warning through this logger ("No semi_persistent_directory").
 _BEAM_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
 MB = 1024 * 1024
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROJECT_CODE = tuple(os.path.join(_REPO, d) + os.sep for d in (
+    "components", "evaluation", "ingest", "runner", "serving", "trainer", "transform"))
+
+
+def from_project(record: logging.LogRecord) -> bool:
+    """Whether the project's own code logged ``record`` (not TFX, Beam or TF)."""
+    return os.path.abspath(record.pathname).startswith(_PROJECT_CODE)
 
 
 def tree_rss_bytes(process: Optional[psutil.Process] = None) -> int:
@@ -157,7 +166,7 @@ class ComponentProgressFilter(logging.Filter):
             return not any(n in record.getMessage() for n in _KNOWN_NOISE)
         m = _BOUNDARY.match(record.getMessage())
         if not m:
-            return False
+            return from_project(record)
         node, event = m.groups()
         rows = self.rows.get(node)
         if event == "running":

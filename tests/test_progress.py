@@ -46,6 +46,31 @@ def test_filter_prints_boundaries_with_rows_and_peak(capsys):
     assert set(f.seconds) == {"Transform"} and f.peak_mb["Transform"] > 0
 
 
+def test_the_projects_own_info_records_are_shown(tmp_path, caplog):
+    """The Pusher's INFO line (logged by components/pusher/executor.py through absl)
+    reaches the console; TFX's own INFO lines (its Pusher's "Model version: ...") do
+    not."""
+    import tensorflow as tf
+    from tests.test_atomic_push import _push, _Tiny
+    from components.pusher.executor import Executor
+
+    module = _Tiny("v")
+    tf.saved_model.save(module, str(tmp_path / "m" / "Format-Serving"),
+                        signatures={"serving_default": module.serve})
+    f = progress.install()
+    try:
+        with caplog.at_level(logging.INFO):
+            _push(Executor(), str(tmp_path / "m"), str(tmp_path / "serving"),
+                  str(tmp_path / "pushed"))
+    finally:
+        progress.uninstall(f)
+    shown = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("Pusher: model written to serving path") for m in shown), shown
+    from tfx.components.pusher import executor as tfx_pusher
+    assert not f.filter(logging.LogRecord("absl", logging.INFO, tfx_pusher.__file__, 1,
+                                          "Model version: 1", None, None))
+
+
 def test_uninstall_lets_the_next_run_see_the_boundaries(capsys):
     first = progress.install()
     progress.uninstall(first)
