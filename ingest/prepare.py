@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest.readers import detect_format, read_dataset
-from ingest.report import DropReport
+from ingest.report import DropReport, InputDataError
 from ingest.split import STRATEGIES, SplitConfig, temporal_split
 from ingest.tables import Dataset, IdCodes, Interactions
 
@@ -129,7 +129,7 @@ def prepare(data_dir: str, output_dir: str, split: Optional[SplitConfig] = None,
     """
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"--data-dir {data_dir}: not a directory")
+        raise InputDataError(f"--data-dir {data_dir}: not a directory")
     increments = raw_spans(data_dir)
     manifests = read_manifests(output_dir)
     split = split or default_split(data_dir)

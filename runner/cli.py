@@ -225,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from runner import kubeflow as kf
             print(kf.image_tag(a.registry))
             return 0
-    except (InputDataError, FileNotFoundError) as e:
+    except InputDataError as e:  # the user's input only; an internal missing file is a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValueError as e:  # bad Kubeflow options, parameters or API answers

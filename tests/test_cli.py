@@ -1,4 +1,6 @@
 """Command line: bad input exits non-zero with a message naming the file and line."""
+import pytest
+
 import pipeline
 from tests.conftest import write
 
@@ -11,6 +13,19 @@ def test_bad_input_exits_2_with_file_and_line(tmp_path, capsys):
     assert code == 2
     assert f"{tmp_path / 'raw' / 'interactions.csv'} line 1: expected comma-separated" in err
     assert "the line looks TAB-separated" in err
+
+
+def test_an_internal_missing_file_is_not_bad_input(tmp_path, monkeypatch):
+    """A file the pipeline itself should have written and did not is a bug, with its
+    traceback, not exit 2 ("bad input") for the user to hunt for in their data."""
+    from runner import local
+
+    def run(opts):
+        open(tmp_path / "root" / "Transform" / "transform_graph" / "missing")
+
+    monkeypatch.setattr(local, "run", run)
+    with pytest.raises(FileNotFoundError):
+        pipeline.main(["run", "--pipeline-root", str(tmp_path / "root")])
 
 
 def test_missing_data_dir(tmp_path, capsys):
