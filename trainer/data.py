@@ -10,14 +10,8 @@ import tensorflow as tf
 
 from transform import features as F
 
-USER_ID = F.transformed_name(F.USER_ID)
-ITEM_ID = F.transformed_name(F.ITEM_ID)
-USER_FEATURES = (F.transformed_name(F.USER_AGE), F.transformed_name(F.USER_GENDER),
-                 F.transformed_name(F.USER_OCCUPATION))
-QUERY_FEATURES = (USER_ID,) + USER_FEATURES
-CANDIDATE_FEATURES = (ITEM_ID, F.transformed_name(F.ITEM_GENRES),
-                      F.transformed_name(F.ITEM_YEAR))
-HISTORY = "history"  # the query tower's encoded-history input
+USER_ID, ITEM_ID, USER_FEATURES = F.MODEL_USER_ID, F.MODEL_ITEM_ID, F.MODEL_USER_FEATURES
+QUERY_FEATURES, CANDIDATE_FEATURES, HISTORY = F.QUERY_FEATURES, F.CANDIDATE_FEATURES, F.HISTORY
 ITEMS_SPLIT, USERS_SPLIT, HISTORY_SPLIT = "items", "users", "history"
 
 

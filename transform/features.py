@@ -54,3 +54,12 @@ HISTORY_ITEMS = "history"  # item indices, the newest max_history, oldest first
 HISTORY_EXCLUDE = "exclude"  # item indices, distinct, newest first, up to exclusion_cap
 ENTITY_COUNT = "count"  # rows of the train split per item or user index
 PAD_INDEX = -1
+
+# The towers' input keys, shared by the Trainer and the serving model (serving/savedmodel
+# sits below trainer/ and must not import it).
+MODEL_USER_ID = transformed_name(USER_ID)
+MODEL_ITEM_ID = transformed_name(ITEM_ID)
+MODEL_USER_FEATURES = tuple(transformed_name(k) for k in USER_FEATURES)
+QUERY_FEATURES = (MODEL_USER_ID,) + MODEL_USER_FEATURES
+CANDIDATE_FEATURES = (MODEL_ITEM_ID,) + tuple(transformed_name(k) for k in ITEM_FEATURES)
+HISTORY = "history"  # the query tower's encoded-history input

@@ -19,7 +19,7 @@ from serving.savedmodel.index import FloatIndex, Int8Index
 from serving.savedmodel.module import RetrievalModule
 from serving.savedmodel.tower import ServingTower
 from serving.savedmodel.warmup import MODEL_NAME, write_warmup_requests
-from trainer.data import CANDIDATE_FEATURES
+from transform.features import CANDIDATE_FEATURES
 from transform import features as F
 
 WARMUP_USERS = 8

@@ -6,7 +6,7 @@ from typing import Dict
 
 import tensorflow as tf
 
-from trainer.data import QUERY_FEATURES
+from transform.features import QUERY_FEATURES
 
 # Defaults for raw features absent from a tf.Example request (same meaning as ingest).
 _RAW_DEFAULTS = {tf.string: "unknown", tf.int64: -1, tf.float32: 0.0}

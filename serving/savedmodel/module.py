@@ -36,7 +36,7 @@ import tensorflow as tf
 from serving.savedmodel.features import raw_serving_spec, vocab_table
 from serving.savedmodel.index import FloatIndex
 from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
-from trainer.data import HISTORY, QUERY_FEATURES, USER_ID
+from transform.features import HISTORY, MODEL_USER_ID as USER_ID, QUERY_FEATURES
 from transform import features as F
 
 SERVING_DEFAULT = "serving_default"
