@@ -205,4 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    # The runners import ``pipeline`` for the factory; as a script this file is
+    # ``__main__``, and without the alias Python would run it a second time as
+    # ``pipeline``, with a second copy of every class and constant defined here.
+    sys.modules.setdefault("pipeline", sys.modules[__name__])
     sys.exit(main())

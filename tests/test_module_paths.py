@@ -1,7 +1,10 @@
 """Every dotted path the pipeline hands to TFX must import, here and in the image."""
 import importlib
+import subprocess
+import sys
 
 import pipeline
+from tests.conftest import REPO_ROOT
 
 
 def _load(dotted):
@@ -26,3 +29,15 @@ def test_executor_class_paths_of_the_compiled_components_import(tmp_path):
         "FileBasedExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
         "DataValidationGate", "Transform", "SequenceGen", "Trainer",
         "latest_model_resolver", "RetrievalEvaluator", "ModelCompressor", "Pusher"}
+
+
+def test_python_pipeline_py_runs_the_file_once():
+    """``python pipeline.py`` is ``__main__``; the runner's ``import pipeline`` must
+    reuse it, not execute the file again (-X importtime lists every module executed)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "pipeline.py", "image-tag"],
+                       cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "runner.kubeflow" in imported  # image-tag went through the runner
+    assert "pipeline" not in imported
