@@ -13,7 +13,7 @@ setup(
     "gating, compression and push to TensorFlow Serving.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["components*", "trainer*", "transform*", "serving*", "ingest*", "runner*",
-                                    "evaluation*"]),
+                                    "evaluation*", "layout*"]),
     py_modules=["pipeline", "project_env"],
     package_data={"ingest": ["schema.pbtxt"]},
     install_requires=[

@@ -21,6 +21,9 @@ from ingest.split import SplitConfig
 from trainer.config import TrainerConfig
 from components.retrieval_evaluator.gate import GateConfig
 from runner import mlmd_summary, progress, run_summary
+# Pipeline-root layout, kept below the report so the report never imports the runner;
+# callers keep using local.metadata_path and local.prepared_root.
+from layout import REPORT_FILE, metadata_path, prepared_root  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +57,6 @@ def ensure_synthetic_data(raw_root: str, cfg: synthetic.SyntheticConfig, log=pri
             json.dump({"config": dataclasses.asdict(cfg), "summary": summary}, f, indent=2)
         os.replace(tmp, directory)
     return directory
-
-
-def prepared_root(pipeline_root: str, data_dir: str) -> str:
-    """One prepared-data folder per source directory, so spans of different sources never mix."""
-    data_dir = os.path.abspath(data_dir)
-    slug = hashlib.sha256(data_dir.encode()).hexdigest()[:8]
-    return os.path.join(pipeline_root, "prepared", f"{os.path.basename(data_dir)}-{slug}")
-
-
-def metadata_path(pipeline_root: str) -> str:
-    return os.path.join(pipeline_root, "metadata.sqlite")
 
 
 def component_record(pipeline_root: str, component: str) -> mlmd_summary.ComponentRecord:
@@ -155,7 +147,7 @@ def write_run_report(root: str, records, span_dir: str, summary: dict, log=print
         path = report.write_report(inputs)
     except Exception as e:  # noqa: BLE001  (the report is optional; the run succeeded)
         log(f"[report] WARNING: could not write the report: {type(e).__name__}: {e}")
-        stale = os.path.join(root, "report.html")
+        stale = os.path.join(root, REPORT_FILE)
         if os.path.isfile(stale):
             log(f"[report] WARNING: {stale} is from an earlier run")
         return None

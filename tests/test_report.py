@@ -1,22 +1,26 @@
-"""The HTML run report: plots from hand-built inputs, and the real report in Chromium.
+"""The HTML run report: plots from hand-built inputs, the plotted values of a real run
+against its run_summary.json, and the real report in Chromium.
 
 The browser test needs Chromium (``chromium`` on PATH, or ``CHROMIUM=/path``). Without
 it the test fails, naming the package to install; set ``REPORT_BROWSER_TEST=skip`` to
 skip it explicitly instead (for machines that cannot install a browser).
 """
 import base64
+import html
 import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from evaluation import report
+from evaluation.report import plots
 
 PLOT_IDS = ("plot-recall", "plot-popularity", "plot-compression", "plot-loss", "plot-timings")
 
@@ -102,6 +106,71 @@ def test_missing_parts_are_noted_not_fatal():
     assert page.count("no data in this run") == 4
 
 
+def _drawn_recall(page):
+    """``data-points`` of the recall plot: what its lines were drawn through."""
+    m = re.search(r'<img id="plot-recall"[^>]*data-points="([^"]*)"', page)
+    assert m, "the recall plot carries no data-points"
+    return json.loads(html.unescape(m.group(1)))
+
+
+def _point_at(points, k):
+    [y] = [y for x, y in points if x == k]
+    return y
+
+
+def test_recall_plot_draws_each_methods_recall_at_each_k():
+    inputs = _inputs(None)
+    fig = plots.recall_figure(inputs)
+    drawn = plots.drawn_points(fig)
+    # served is None in metrics.json: no line. The model's recall@50 is 0.36, popularity's
+    # 0.2 (see _inputs); coverage@10 is 0.4 and 0.02.
+    assert set(drawn["recall@K"]) == {"model", "popularity"}
+    assert _point_at(drawn["recall@K"]["model"], 50) == 0.36
+    assert _point_at(drawn["recall@K"]["popularity"], 50) == 0.2
+    assert _point_at(drawn["coverage@K"]["model"], 10) == 0.4
+
+    # The pixel at (K=50, 0.36) in the rendered image is the model's blue, and the pixel
+    # where a wrong value (0.30) would sit is not: the image shows the number too.
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+    def colour_at(y):
+        px, py = ax.transData.transform((50, y))
+        return rgb[int(round(rgb.shape[0] - py)), int(round(px))]
+    model_blue = [31, 119, 180]
+    assert np.abs(colour_at(0.36) - model_blue).sum() < 40, colour_at(0.36)
+    assert np.abs(colour_at(0.30) - model_blue).sum() > 100, colour_at(0.30)
+
+
+def test_report_embeds_the_drawn_recall_points():
+    inputs = _inputs(TRIED_COMPRESSION)
+    drawn = _drawn_recall(report.render_html(inputs))
+    assert drawn == plots.drawn_points(plots.recall_figure(inputs))
+    for k in inputs.evaluation["ks"]:
+        for method in ("model", "popularity"):
+            assert _point_at(drawn["recall@K"][method], k) == \
+                inputs.evaluation["metrics"][method][f"recall@{k}"], (method, k)
+
+
+def test_the_report_never_imports_the_layers_above_it():
+    # The runner imports the report; a report importing the runner, the pipeline or a
+    # component (even inside a function) would be a cycle or a layering breach.
+    import ast
+    package = os.path.dirname(report.__file__)
+    above = ("runner", "pipeline", "components")
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(package, name)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for module in modules:
+                assert module.split(".")[0] not in above, f"{name} imports {module}"
+
+
 # ------------------------------------------------------------------ browser
 
 def _chromium():
@@ -173,6 +242,42 @@ def test_report_of_a_real_run_renders_in_chromium(small_pipeline, tmp_path):
     assert colours > 500, f"screenshot has only {colours} colours: plots did not render"
     assert blue > 5000, f"only {blue} pixels of the model colour: plots did not render"
     assert non_white > 0.03, f"screenshot is {100 * (1 - non_white):.1f}% white"
+
+
+@pytest.mark.e2e
+def test_first_report_plots_the_recall_of_run_summary(small_pipeline):
+    # The first run's report and the run summary that run wrote (both kept by the fixture,
+    # so later reruns in the same root do not matter).
+    _, summary, _ = small_pipeline
+    written = summary["run_summary"]
+    k = written["gate"]["k"]
+    with open(summary["first_report"], encoding="utf-8") as f:
+        drawn = _drawn_recall(f.read())["recall@K"]
+    assert _point_at(drawn["model"], k) == written["evaluation"][f"recall@{k}"]
+    assert _point_at(drawn["model"], 10) == written["evaluation"]["recall@10"]
+    assert _point_at(drawn["popularity"], k) == written["baseline"]["popularity"][f"recall@{k}"]
+
+
+@pytest.mark.e2e
+def test_report_cli_rebuilds_the_report_of_the_newest_run(small_pipeline, tmp_path):
+    root, _, _ = small_pipeline
+    out = tmp_path / "rebuilt.html"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [repo] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    result = subprocess.run([sys.executable, "-m", "evaluation.report", "--pipeline-root", root,
+                             "--output", str(out)], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    page = out.read_text(encoding="utf-8")
+    assert set(_embedded_pngs(page)) == set(PLOT_IDS)
+    # Read now, so it is the summary of the same (newest) run the CLI read.
+    with open(os.path.join(root, "run_summary.json")) as f:
+        on_disk = json.load(f)
+    k = on_disk["gate"]["k"]
+    assert _point_at(_drawn_recall(page)["recall@K"]["model"], k) == \
+        on_disk["evaluation"][f"recall@{k}"]
 
 
 def test_a_report_failure_is_a_warning_not_an_error(tmp_path):
