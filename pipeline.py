@@ -24,6 +24,7 @@ from tfx.orchestration.data_types import RuntimeParameter
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.proto import example_gen_pb2, trainer_pb2, transform_pb2
 
+import layout
 from components.compression.component import ModelCompressor
 from components.data_validation_gate.component import DataValidationGate
 from components.retrieval_evaluator.component import RetrievalEvaluator
@@ -35,7 +36,7 @@ from components.pusher.executor import Executor as PusherExecutor
 from trainer.config import TrainerConfig
 from transform.config import TransformConfig
 
-PIPELINE_NAME = "twotower-recommender"
+PIPELINE_NAME = layout.PIPELINE_NAME
 MODEL_NAME = "recommender"  # TensorFlow Serving model name
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_FILE = os.path.join(REPO_ROOT, "ingest", "schema.pbtxt")

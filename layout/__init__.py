@@ -1,9 +1,8 @@
 """Where a run puts things: names and paths under the pipeline root and in artifacts.
 
 Standard library only, so that any layer (the runner, the components, the report)
-can learn a file name without importing the code that writes the file. The
-writers still hold their own copies of these names (``pipeline.PIPELINE_NAME``,
-``trainer.task.HISTORY_FILE``, ...); ``tests/test_layout.py`` fails if one drifts.
+can learn a file name without importing the code that writes the file; the writers
+take their names from here too.
 How to read ML Metadata's records of a run is in ``layout.mlmd``.
 """
 from __future__ import annotations

@@ -5,12 +5,11 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from components.compression.component import REPORT_FILE as COMPRESSION_FILE
-from components.retrieval_evaluator.component import METRICS_FILE
-from runner.mlmd_summary import ComponentRecord
+from layout import (COMPRESSION_REPORT_FILE as COMPRESSION_FILE,
+                    EVALUATION_METRICS_FILE as METRICS_FILE,
+                    RUN_SUMMARY_FILE as SUMMARY_FILE, TRAINING_HISTORY_FILE as HISTORY_FILE)
+from layout.mlmd import ComponentRecord
 from serving.savedmodel.fingerprint import unchanged_reason
-
-SUMMARY_FILE = "run_summary.json"
 
 
 def _metrics_only(metrics: dict) -> dict:
@@ -66,7 +65,6 @@ def build(records: List[ComponentRecord]) -> dict:
 def training_block(trainer: Optional[ComponentRecord]) -> Optional[dict]:
     """``{"mode", "base_model", "examples", "steps", "seconds", ...}`` of the Trainer's
     ``training_history.json``; ``cached`` when that result came from an earlier run."""
-    from trainer.task import HISTORY_FILE
     if trainer is None or "model_run" not in trainer.uris():
         return None
     path = os.path.join(trainer.uris()["model_run"], HISTORY_FILE)

@@ -20,8 +20,7 @@ def test_import_layout_loads_only_the_standard_library():
     assert loaded <= set(sys.stdlib_module_names), loaded - set(sys.stdlib_module_names)
 
 
-def test_names_match_the_modules_that_write_the_files():
-    # The writers keep their own constants; this fails as soon as one drifts.
+def test_the_writers_take_their_names_from_layout():
     import pipeline
     from components.compression.component import REPORT_FILE as COMPRESSION_FILE
     from components.retrieval_evaluator.component import METRICS_FILE

@@ -24,11 +24,12 @@ from serving.savedmodel.warmup import MODEL_NAME
 from trainer import warmstart
 from trainer.model import SequenceRetrievalModel, build_towers, query_categorical
 from trainer.optim import make_optimizer
+import layout
 from trainer.strategy import choose_strategy, is_chief, strategy_name
 from transform import features as F
 from transform.config import TransformConfig
 
-HISTORY_FILE = "training_history.json"
+HISTORY_FILE = layout.TRAINING_HISTORY_FILE
 TOWERS_DIR = "towers"  # beside Format-Serving in the Model artifact; read by compression
 TOWERS_SPEC = "spec.json"
 TOWERS_CHECKPOINT = "towers"

@@ -30,11 +30,12 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from components.retrieval_evaluator.gate import GateConfig, run_gate
 from evaluation.baselines import evaluate_baseline
 from evaluation.model_eval import evaluate_saved_model
+import layout
 from evaluation.split_data import load_split_from_examples
 from serving.savedmodel.fingerprint import newest_version_dir
 from transform import features as F
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = layout.EVALUATION_METRICS_FILE
 REPORT_FILE = "report.txt"
 NO_FLOOR = -1.0  # parameter value meaning "use the data-scaled default floor"
 
