@@ -29,5 +29,6 @@ setup(
         "numpy==1.26.4",
         "matplotlib==3.10.3",
     ],
-    extras_require={"test": ["pytest==8.3.4", "kubernetes-validate==1.37.0"]},
+    extras_require={"test": ["pytest==8.3.4", "kubernetes-validate==1.37.0",
+                             "import-linter==2.17"]},
 )
