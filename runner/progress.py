@@ -24,7 +24,10 @@ _BOUNDARY = re.compile(r"^Component (\S+) is (running|finished)\.$")
 # Warnings that TFX and TF Transform print on every run and that need no action.
 _KNOWN_NOISE = ("Tables initialized inside a tf.function",
                 "is a no-op, use None instead",
-                "ArtifactQuery.property_predicate is not supported")
+                "ArtifactQuery.property_predicate is not supported",
+                # pipeline.py passes its executors as custom_executor_spec on purpose: a
+                # component subclass would rename the components that CONTRACTS.md names.
+                "`custom_executor_spec` is deprecated")
 # Beam relays every worker warning through this logger ("No semi_persistent_directory").
 _BEAM_WORKER_LOGGER = "apache_beam.runners.portability.local_job_service"
 MB = 1024 * 1024
@@ -155,6 +158,7 @@ class ComponentProgressFilter(logging.Filter):
         self.seconds: Dict[str, float] = {}
         self.monitor = monitor
         self.rows = dict(rows or {})
+        self.previous_verbosity = absl_logging.WARNING
 
     @property
     def peak_mb(self) -> Dict[str, float]:
@@ -195,8 +199,9 @@ def install(monitor: Optional[StageMonitor] = None,
     Call :func:`uninstall` with the result when the run ends, so filters of earlier
     runs in the same process do not print twice.
     """
-    absl_logging.set_verbosity(absl_logging.INFO)
     f = ComponentProgressFilter(monitor, rows)
+    f.previous_verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
     # A logger-level filter sees every record, whichever handler prints it.
     logging.getLogger("absl").addFilter(f)
     logging.getLogger("tensorflow").addFilter(f)
@@ -205,5 +210,8 @@ def install(monitor: Optional[StageMonitor] = None,
 
 
 def uninstall(f: ComponentProgressFilter) -> None:
+    """Removes the filter and restores absl's verbosity (else every later INFO record,
+    such as ML Metadata's "MetadataStore with DB connection initialized", is printed)."""
     logging.getLogger("absl").removeFilter(f)
     logging.getLogger("tensorflow").removeFilter(f)
+    absl_logging.set_verbosity(getattr(f, "previous_verbosity", absl_logging.WARNING))

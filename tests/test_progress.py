@@ -83,6 +83,23 @@ def test_uninstall_lets_the_next_run_see_the_boundaries(capsys):
     assert "Trainer" in second.seconds and "Trainer" not in first.seconds
 
 
+def test_after_the_run_absl_info_is_quiet_again(capsys):
+    """ML Metadata's INFO line, logged when the summary reads the store after the run,
+    is not printed once the filter is gone."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    f = progress.install()
+    assert absl_logging.get_verbosity() == absl_logging.INFO
+    progress.uninstall(f)
+    assert absl_logging.get_verbosity() == absl_logging.WARNING
+    absl_logging.info("MetadataStore with DB connection initialized")
+    assert "MetadataStore" not in capsys.readouterr().err
+    # TFX's deprecation of the executor spec the pipeline uses on purpose is filtered.
+    assert not progress.ComponentProgressFilter().filter(
+        _record("`custom_executor_spec` is deprecated. Please customize component directly.",
+                logging.WARNING))
+
+
 def test_training_progress_lines(capsys):
     from trainer.task import ProgressLogger
     cb = ProgressLogger(batch_size=100, steps_per_epoch=4, epochs=2, interval=0.0)
