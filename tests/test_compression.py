@@ -129,21 +129,6 @@ def test_int8_index_saves_int8_only_and_dequantizes_once_after_loading(tmp_path)
     np.testing.assert_allclose(loaded.scores(tf.constant(q)).numpy(), first, rtol=1e-6)
 
 
-def test_measure_takes_the_drop_at_the_gate_k_even_below_10(monkeypatch, tmp_path):
-    from components.compression import component
-    fake = {"recall@5": 0.2, "recall@10": 0.4, "latency_ms_per_batch": 1.0}
-    monkeypatch.setattr(component, "evaluate_saved_model", lambda *a: dict(fake))
-    monkeypatch.setattr(component, "weight_bytes", lambda path: 40)
-    original = {"recall@5": 0.25, "recall@10": 0.4, "size_bytes": 1000, "weight_bytes": 200}
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "w").write_bytes(b"x" * 100)
-    entry = component.Executor._measure(str(tmp_path / "m"), None, [5, 10], "m", original, 5)
-    # Gate K = 5: (0.25 - 0.2) / 0.25 = 0.2, not the 0 that recall@10 would give.
-    assert entry["recall_drop_relative"] == pytest.approx(0.2)
-    assert entry["size_ratio"] == pytest.approx(10.0)
-    assert entry["weight_size_ratio"] == pytest.approx(5.0)
-
-
 def test_projected_student_with_every_direction_is_the_teacher():
     # Kept directions P [d, d] are a rotation: q P . c P = q . c, and the history the
     # query tower reads, h P, meets first-layer rows P^T W_h, so h P P^T W_h = h W_h.
