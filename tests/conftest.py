@@ -40,13 +40,32 @@ def small_pipeline(tmp_path_factory):
                                  # equally good models. MovieLens runs use the 2% default.
                                  max_compression_recall_drop=0.05)
     summary = local.run(opts)
-    # Later tests re-run the pipeline in this root; keep what the first run recorded,
-    # its report too (a rerun with nothing new trains nothing and rewrites report.html).
     summary["records"] = {name: _record(root, name) for name in summary["components"]}
     if summary.get("report"):
         summary["first_report"] = str(tmp_path_factory.mktemp("first-run") / "report.html")
         shutil.copyfile(summary["report"], summary["first_report"])
+    # The whole root as the first run left it (3-5 MB): tests that run the pipeline
+    # again in it (``rerun_pipeline``) get it back before and after, so no test sees
+    # another's reruns, whatever order they run in.
+    summary["snapshot"] = str(tmp_path_factory.mktemp("first-run-root") / "root")
+    shutil.copytree(root, summary["snapshot"], symlinks=True)
     return root, summary, opts
+
+
+def _restore(root: str, snapshot: str) -> None:
+    shutil.rmtree(root)
+    shutil.copytree(snapshot, root, symlinks=True)
+
+
+@pytest.fixture
+def rerun_pipeline(small_pipeline):
+    """``small_pipeline`` for a test that runs the pipeline again in its root: the
+    root is the first run's before the test and again after it. (The root's path
+    stays the same, so the rerun's cache hits are the first run's.)"""
+    root, summary, opts = small_pipeline
+    _restore(root, summary["snapshot"])
+    yield small_pipeline
+    _restore(root, summary["snapshot"])
 
 
 def _record(root: str, component: str):

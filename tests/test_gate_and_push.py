@@ -30,11 +30,22 @@ def _tree_digest(directory):
     return out
 
 
-@pytest.fixture(scope="module")
-def first(small_pipeline):
-    root, summary, opts = small_pipeline
+def _first(pipeline):
+    root, summary, opts = pipeline
     serving = os.path.join(root, "serving")
     return root, opts, serving, _tree_digest(serving)
+
+
+@pytest.fixture
+def first(small_pipeline):
+    """The first run, to read."""
+    return _first(small_pipeline)
+
+
+@pytest.fixture
+def rerun(rerun_pipeline):
+    """The first run's root, to run the pipeline again in."""
+    return _first(rerun_pipeline)
 
 
 def test_first_run_blesses_compresses_and_pushes(first):
@@ -82,8 +93,8 @@ def test_first_run_blesses_compresses_and_pushes(first):
         logs[1].predict_log.request.inputs["user_id"]).tolist()
 
 
-def test_impossible_floor_blocks_the_push_and_says_why(first, capsys):
-    root, opts, serving, before = first
+def test_impossible_floor_blocks_the_push_and_says_why(rerun, capsys):
+    root, opts, serving, before = rerun
     summary = local.run(dataclasses.replace(opts, gate=GateConfig(min_recall=0.99)))
     s = summary["run_summary"]
     assert s["blessed"] is False and s["pushed"] is False and s["pushed_version_dir"] is None
@@ -95,8 +106,8 @@ def test_impossible_floor_blocks_the_push_and_says_why(first, capsys):
     assert _tree_digest(serving) == before
 
 
-def test_worse_model_is_refused_against_the_served_version(first):
-    root, opts, serving, before = first
+def test_worse_model_is_refused_against_the_served_version(rerun):
+    root, opts, serving, before = rerun
     # Trained from scratch: a warm start would begin from the good model's weights.
     worse = dataclasses.replace(opts.trainer, epochs=1, logq_correction=False,
                                 learning_rate=1e-5, full_retrain=True)
@@ -114,8 +125,8 @@ def test_worse_model_is_refused_against_the_served_version(first):
     assert _tree_digest(serving) == before
 
 
-def test_rerun_on_unchanged_data_pushes_nothing_and_says_why(first, capsys):
-    root, opts, serving, before = first
+def test_rerun_on_unchanged_data_pushes_nothing_and_says_why(rerun, capsys):
+    root, opts, serving, before = rerun
     summary = local.run(opts)
     s = summary["run_summary"]
     # The Trainer warm-starts from the newest model and finds no interaction it lacks.

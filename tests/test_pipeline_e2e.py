@@ -79,8 +79,8 @@ def test_trainer_recorded_model_and_history(first_run):
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_second_run_with_unchanged_inputs_is_cached(small_pipeline):
-    root, first, opts = small_pipeline
+def test_second_run_with_unchanged_inputs_is_cached(rerun_pipeline):
+    root, first, opts = rerun_pipeline
     summary = local.run(opts)["run_summary"]
     states = {name: r.state for name, r in _records(root).items()}
     assert states["FileBasedExampleGen"] == "CACHED"
