@@ -38,8 +38,7 @@ from evaluation.split_data import load_split_from_examples
 from serving.savedmodel.fingerprint import read_fingerprint, with_compression
 from transform import features as F
 
-# REPORT_FILE, choose and directory_bytes are imported from here by the run summary
-# and the tests.
+# REPORT_FILE, choose and directory_bytes are imported from here by the tests.
 ORIGINAL_METHOD = "original (float32)"
 _VALIDATION = ValidationConfig()
 
@@ -136,7 +135,7 @@ class Executor(base_executor.BaseExecutor):
         write_blessing(blessing, report["blessed"], out_model)
         write_report(report_dir, report)
         (logging.info if report["blessed"] else logging.warning)("%s", console_line(report))
-        logging.info("ModelCompressor: %s", json.dumps(report))
+        logging.debug("ModelCompressor: %s", json.dumps(report))  # all of it is in the file
 
 
 class ModelCompressor(base_component.BaseComponent):

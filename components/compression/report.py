@@ -3,7 +3,7 @@
 Every key of the chosen model against the original is on the gate's eval split
 (``run_summary.json``'s ``compression``, CONTRACTS.md); the ``validation_*`` keys
 are the same figures on the validation slice the choice was made on. Imports
-nothing heavy, so readers of ``REPORT_FILE`` need not load TensorFlow.
+nothing heavy.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Dict
 
-REPORT_FILE = "compression.json"
+from layout import COMPRESSION_REPORT_FILE as REPORT_FILE
 VALIDATION = "validation"  # the choice is made on the validation slice (``validation_*``)
 EVAL = "eval"  # ... or, without one, on the gate's eval split
 
