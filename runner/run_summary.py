@@ -111,8 +111,11 @@ def format_summary(s: dict) -> str:
         lines.append(f"[summary] compression ({c['method']}): {c['size_ratio']:.2f}x smaller "
                      f"({c['original_bytes']} -> {c['compressed_bytes']} bytes; weights "
                      f"{c.get('weight_size_ratio', float('nan')):.2f}x), recall@{k} "
-                     f"drop {100 * c['recall_drop_relative']:.2f}% relative; "
-                     f"{'BLESSED' if c['blessed'] else 'NOT BLESSED'}")
+                     f"drop {100 * c['recall_drop_relative']:.2f}% relative"
+                     + (f" (chosen on a validation slice of {c['validation']['users']} train "
+                        f"users: drop {100 * c['validation_recall_drop_relative']:.2f}%)"
+                        if c.get("chosen_on") == "validation" else "")
+                     + f"; {'BLESSED' if c['blessed'] else 'NOT BLESSED'}")
     else:
         lines.append(f"[summary] compression skipped: {c.get('reason', '')}")
     t = s.get("training")

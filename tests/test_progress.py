@@ -119,3 +119,19 @@ def test_synthetic_generation_reports_progress(tmp_path):
     summary = synthetic.generate(str(tmp_path), cfg, log=lines.append, log_every=0.0)
     assert lines and all(line.startswith("[data] generated ") for line in lines)
     assert summary["interactions"] > 0
+
+
+def test_summary_names_the_split_the_compressor_chose_on():
+    from runner.run_summary import format_summary
+    s = {"gate": {"k": 50, "failed": []}, "blessed": True, "pushed": False,
+         "push_skipped_reason": "x", "pushed_version_dir": None,
+         "evaluation": {"recall@10": 0.1, "recall@50": 0.3, "ndcg@10": 0.1, "coverage@10": 0.5},
+         "baseline": {"popularity": {"recall@50": 0.2}},
+         "compression": {"method": "m", "size_ratio": 1.5, "original_bytes": 3,
+                         "compressed_bytes": 2, "weight_size_ratio": 6.0,
+                         "recall_drop_relative": 0.01, "blessed": True,
+                         "chosen_on": "validation", "validation": {"users": 943},
+                         "validation_recall_drop_relative": 0.0064}}
+    line = [l for l in format_summary(s).splitlines() if "compression" in l][0]
+    assert "drop 1.00% relative (chosen on a validation slice of 943 train users: " \
+           "drop 0.64%); BLESSED" in line
