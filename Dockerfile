@@ -30,7 +30,7 @@ RUN python -m pip install --no-cache-dir --ignore-requires-python -c constraints
 # (.dockerignore keeps out tests, data, outputs and the virtual environment).
 COPY . /pipeline
 RUN python -m pip install --no-cache-dir --no-deps --ignore-requires-python . \
-    && python -c "import pipeline, runner.kfp_entrypoint, runner.tfjob, trainer.tfjob_entry"
+    && python -c "import pipeline, runner.kfp_entrypoint, components.tfjob_trainer.executor, trainer.tfjob_entry"
 
 # Kubeflow sets the command of every step explicitly; this default makes
 # `docker run IMAGE --executor_class_path ...` behave the same way.

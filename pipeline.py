@@ -91,7 +91,7 @@ class PipelineConfig:
     push_destination: Optional[Union[str, RuntimeParameter]] = None
     # Kubeflow only: LocalDagRunner rejects container resource specs.
     trainer_resources: Optional[Resources] = None
-    # Kubeflow: a Trainer executor class, e.g. runner.tfjob.TFJobTrainerExecutor,
+    # Kubeflow: a Trainer executor class, e.g. components.tfjob_trainer.executor.TFJobTrainerExecutor,
     # and extra Trainer custom_config entries it reads.
     trainer_executor: Optional[type] = None
     trainer_custom_config: Dict[str, Any] = dataclasses.field(default_factory=dict)

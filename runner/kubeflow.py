@@ -125,7 +125,7 @@ class KubeflowOptions:
     # Volumes: the Pusher writes to the model volume that TensorFlow Serving reads.
     model_volume: Optional[VolumeMount] = VolumeMount("twotower-models", "/models")
     data_volume: Optional[VolumeMount] = VolumeMount("twotower-data", "/data")
-    # Trainer on a TFJob (runner/tfjob.py) instead of inside the pipeline step.
+    # Trainer on a TFJob (components/tfjob_trainer/) instead of inside the pipeline step.
     tfjob: Optional[Dict[str, Any]] = None
     # Where the Trainer publishes its towers and finds the previous run's (warm start):
     # a folder on the model volume, because TFX compiles a Resolver into a Vertex-only
@@ -152,8 +152,8 @@ def pipeline_config(opts: KubeflowOptions) -> pipeline_def.PipelineConfig:
     trainer_executor = None
     custom_config: Dict[str, Any] = {}
     if opts.tfjob is not None:
-        from runner import tfjob
-        trainer_executor = tfjob.TFJobTrainerExecutor
+        from components.tfjob_trainer import executor as tfjob_executor, tfjob
+        trainer_executor = tfjob_executor.TFJobTrainerExecutor
         custom_config = {tfjob.CUSTOM_CONFIG_KEY: {"image": opts.image, **opts.tfjob}}
     return pipeline_def.PipelineConfig(
         pipeline_root=opts.pipeline_root,

@@ -17,7 +17,8 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 
-from runner import kfp_entrypoint, kubeflow, tfjob
+from components.tfjob_trainer import executor as tfjob_executor, tfjob
+from runner import kfp_entrypoint, kubeflow
 from trainer.config import TrainerConfig
 from tests.fake_http import JSONHandler
 
@@ -217,7 +218,7 @@ class FakeKubernetes:
     """Kubernetes API for TFJobs; its 'operator' runs the worker command in-process."""
 
     def __init__(self, succeed=True):
-        self.created, self.gets, self.succeed = [], 0, succeed
+        self.created, self.gets, self.deleted, self.succeed = [], 0, [], succeed
         self.done = threading.Event()
 
     def handler(self):
@@ -234,6 +235,9 @@ class FakeKubernetes:
 
             def do_GET(self):
                 fake.gets += 1
+                if not fake.created or fake.deleted:
+                    return self._send(404, {"kind": "Status", "code": 404,
+                                            "reason": "NotFound"})
                 [job] = fake.created
                 state = None
                 if fake.done.is_set():
@@ -243,6 +247,10 @@ class FakeKubernetes:
                     conditions.append({"type": state, "status": "True",
                                        "message": "worker 1 exited with code 1"})
                 self._send(200, {**job, "status": {"conditions": conditions}})
+
+            def do_DELETE(self):
+                fake.deleted.append(self.path)
+                self._send(200, {"kind": "Status", "status": "Success"})
         return Handler
 
     def operate(self, job):
@@ -250,6 +258,11 @@ class FakeKubernetes:
             from trainer import tfjob_entry
             [c] = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
             assert c["command"] == list(tfjob.ENTRY)
+            # What the workers find at their input paths (staged, removed afterwards).
+            args = c["args"]
+            self.inputs_seen = {flag: [glob.glob(args[i + 1]) for i, a in enumerate(args)
+                                       if a == flag]
+                                for flag in ("--train-files", "--eval-files")}
             tfjob_entry.main(c["args"])
         self.done.set()
 
@@ -302,14 +315,15 @@ def test_tfjob_trainer_submits_waits_and_collects_the_model(launched, fake_k8s, 
                 "namespace": "team", "staging_dir": str(tmp_path / "staging"),
                 "poll_seconds": 0.2, "timeout_seconds": 600}
     inputs, outputs, props = _trainer_dicts(launcher, str(tmp_path / "out"), settings)
-    tfjob.TFJobTrainerExecutor().Do(inputs, outputs, props)
+    tfjob_executor.TFJobTrainerExecutor().Do(inputs, outputs, props)
     [job] = fake.created
     worker = job["spec"]["tfReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 2
     container = worker["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     # Every path the workers get is rebased into this job's staging folder, and the
-    # staged inputs are real copies (the train and eval globs match files there).
+    # staged inputs are real copies (the train and eval globs matched files there,
+    # and the workers trained on them).
     stage = os.path.join(str(tmp_path / "staging"), job["metadata"]["name"])
     args = container["args"]
     paths = {flag: [args[i + 1] for i, a in enumerate(args) if a == flag]
@@ -318,21 +332,24 @@ def test_tfjob_trainer_submits_waits_and_collects_the_model(launched, fake_k8s, 
     for flag, values in paths.items():
         assert values, flag
         assert all(v.startswith(stage + os.sep) for v in values), (flag, values)
-    for flag in ("--train-files", "--eval-files"):
-        assert all(glob.glob(p) or os.path.exists(p) for p in paths[flag]), paths[flag]
-    assert os.path.isdir(os.path.join(paths["--transform-graph"][0], "transform_fn"))
+    for flag, matched in fake.inputs_seen.items():
+        assert matched and all(matched), (flag, matched)  # each pattern matched files
     model = outputs["model"][0].uri
+    assert not os.path.exists(stage)  # the copies are removed once the model is back
     assert os.path.isfile(os.path.join(model, "Format-Serving", "saved_model.pb"))
     assert os.listdir(outputs["model_run"][0].uri)
 
 
 def test_tfjob_failure_fails_the_step(launched, fake_k8s, tmp_path):
     launcher, _ = launched
-    fake_k8s(succeed=False)
+    fake = fake_k8s(succeed=False)
     settings = {"image": "img:1", "namespace": "team", "poll_seconds": 0.1}
     inputs, outputs, props = _trainer_dicts(launcher, str(tmp_path / "out"), settings)
     with pytest.raises(tfjob.TFJobFailed, match="worker 1 exited"):
-        tfjob.TFJobTrainerExecutor().Do(inputs, outputs, props)
+        tfjob_executor.TFJobTrainerExecutor().Do(inputs, outputs, props)
+    [job] = fake.created
+    [deleted] = fake.deleted  # no workers are left behind a failed step
+    assert deleted.split("?")[0].endswith(f"/tfjobs/{job['metadata']['name']}")
 
 
 def test_next_span_warm_starts_the_trainer_from_the_model_volume(launched):

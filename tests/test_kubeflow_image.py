@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pipeline
-from runner import kubeflow, tfjob
+from components.tfjob_trainer import tfjob
+from runner import kubeflow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ def test_ignore_matcher_follows_docker_rules():
 def test_every_module_the_pipeline_names_is_in_the_image():
     spec, modules = _module_paths_of_the_compiled_pipeline()
     project = [m for m in modules if not m.startswith("tfx.")]
-    assert {"runner.kfp_entrypoint", "trainer.tfjob_entry", "runner.tfjob",
+    assert {"runner.kfp_entrypoint", "trainer.tfjob_entry", "components.tfjob_trainer.executor",
             "transform.preprocessing", "trainer.task",
             "components.retrieval_evaluator.component",
             "components.compression.component", "components.parquet_example_gen",

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from runner import tfjob
+from components.tfjob_trainer import tfjob
 
 MANIFESTS = pathlib.Path(__file__).resolve().parent.parent / "manifests"
 K8S_VERSION = "1.32"

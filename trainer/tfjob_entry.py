@@ -4,7 +4,7 @@ The Training Operator sets ``TF_CONFIG`` in every worker; ``trainer/strategy.py`
 reads it and picks ``MultiWorkerMirroredStrategy``, and only the chief (worker 0)
 keeps the SavedModel. The same command runs a standalone TFJob
 (``manifests/training/tfjob.yaml``) and the TFJobs that the pipeline's Trainer
-submits (``runner/tfjob.py``).
+submits (``components/tfjob_trainer/``).
 
     python -m trainer.tfjob_entry --transformed-examples URI --transform-graph URI \\
         --output-dir URI [--custom-config JSON] [--train-steps N]
