@@ -94,3 +94,50 @@ def test_recommend_excluding_leaves_out_the_listed_item(answers):
     first = got["items"][0][0]
     assert first not in got["excluded_items"]
     assert got["excluded_items"][0] == got["items"][0][1]
+
+
+def test_a_new_user_described_by_features_beats_popularity(small_pipeline):
+    """``serve_tf_examples`` for users the model never saw (new IDs), each described
+    only by an eval user's age, gender and occupation, scored on that user's eval
+    items: the query tower's answer from the features (trained by feature_dropout and
+    history_dropout) against the popularity list the model would otherwise give.
+
+    The margin is small by construction: on this synthetic data the features carry
+    little of a user's taste (popularity within the user's occupation or gender has a
+    lower recall@50 than overall popularity, 0.185 and 0.196 against 0.200). One run
+    here: 0.2035 against 0.1955. MovieLens 100K's held-out users: docs/model.md."""
+    import tensorflow as tf
+    from evaluation.metrics import evaluate_rankings
+    root, summary, _ = small_pipeline
+    [span] = glob.glob(os.path.join(root, "prepared", "*", "span-1"))
+    table = pq.read_table(os.path.join(span, "eval")).to_pylist()
+    profile, truth = {}, collections.defaultdict(set)
+    for row in table:
+        profile[row["user_id"]] = row
+        truth[row["user_id"]].add(row["item_id"])
+    users = sorted(truth)
+
+    def example(user):
+        p = profile[user]
+        f = tf.train.Feature
+        return tf.train.Example(features=tf.train.Features(feature={
+            "user_id": f(bytes_list=tf.train.BytesList(value=[f"new-{user}".encode()])),
+            "user_age": f(int64_list=tf.train.Int64List(value=[p["user_age"]])),
+            "user_gender": f(bytes_list=tf.train.BytesList(value=[p["user_gender"].encode()])),
+            "user_occupation": f(bytes_list=tf.train.BytesList(
+                value=[p["user_occupation"].encode()])),
+        })).SerializeToString()
+
+    model = tf.saved_model.load(summary["run_summary"]["pushed_version_dir"])
+    out = model.signatures["serve_tf_examples"](
+        examples=tf.constant([example(u) for u in users]))["item_ids"].numpy()
+    answered = {u: [i.decode() for i in row] for u, row in zip(users, out)}
+    counts, _ = _interactions(root)
+    popular = [i for i, _ in counts.most_common(100)]
+    assert len({tuple(r[:10]) for r in answered.values()}) > 1  # not one list for all
+    relevant = [truth[u] for u in users]
+    model_recall = evaluate_rankings([answered[u] for u in users], relevant, [50],
+                                     len(counts))["recall@50"]
+    pop_recall = evaluate_rankings([popular] * len(users), relevant, [50],
+                                   len(counts))["recall@50"]
+    assert model_recall > pop_recall, (model_recall, pop_recall)

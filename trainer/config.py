@@ -36,6 +36,10 @@ class TrainerConfig:
     # Chance that a training position sees a user feature (and the user ID) as unknown,
     # which trains the out-of-vocabulary rows that new users are answered from.
     feature_dropout: float = 0.1
+    # Chance that a training position's query sees an empty history, so the tower also
+    # learns to answer from the user features alone: a new user described only by
+    # them (``serve_tf_examples``), or one whose history says little about now.
+    history_dropout: float = 0.1
     max_history: int = 50  # N: items per training window and in the served history
     exclusion_cap: int = 1000  # served model's excluded items per user, newest first
     dropout: float = 0.1
@@ -82,7 +86,7 @@ class TrainerConfig:
             raise ValueError(f"warm_steps must be >= 0, warm_epochs >= 1 and replay_ratio "
                              f">= 0, got {self.warm_steps}, {self.warm_epochs} and "
                              f"{self.replay_ratio}")
-        for name in ("dropout", "feature_dropout"):
+        for name in ("dropout", "feature_dropout", "history_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZER_NAMES:

@@ -227,6 +227,13 @@ class SequenceRetrievalModel(tfrs.Model):
                           pos[:, 0])
         q_in = self._query_features(users, training)
         q_in[HISTORY] = tf.gather_nd(encoded, pos)
+        if training and self.cfg.history_dropout:
+            # The encoding of an empty history, as the served model computes it for a
+            # user without one, in place of ``history_dropout`` of the positions'.
+            empty = self.encoder(tf.zeros_like(vectors[:1]), tf.zeros_like(in_mask[:1]),
+                                 training=training)[:, -1, :]
+            drop = tf.random.uniform([tf.shape(pos)[0], 1]) < self.cfg.history_dropout
+            q_in[HISTORY] = tf.where(drop, empty, q_in[HISTORY])
         queries = self.query_tower(q_in, training=training)
         return queries, tf.gather_nd(targets, pos), cand_ids, candidates, where
 

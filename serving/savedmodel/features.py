@@ -24,6 +24,17 @@ def raw_serving_spec(raw_spec: Dict[str, tf.io.FixedLenFeature]) -> dict:
     return spec
 
 
+def described(raw: Dict[str, tf.Tensor], names) -> tf.Tensor:
+    """``[batch]`` bool: the request carries at least one of the raw features ``names``
+    (a value other than the default an absent feature gets)."""
+    out = None
+    for name in names:
+        value = tf.reshape(raw[name], [-1])
+        present = tf.not_equal(value, tf.constant(_RAW_DEFAULTS[value.dtype], value.dtype))
+        out = present if out is None else tf.logical_or(out, present)
+    return out
+
+
 def vocab_table(path: str) -> tf.lookup.StaticHashTable:
     """Token -> line number of a vocabulary file (an asset); -1 if absent."""
     return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(

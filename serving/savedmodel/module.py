@@ -17,10 +17,13 @@ told to leave out:
   evaluator can score on a held-out split without its items leaking into the query.
 * ``serve_tf_examples(examples [batch] string)``: serialized tf.Examples with raw user
   features go through the Transform graph; history and exclusions as ``serving_default``.
+  A new user whose example carries an age, gender or occupation is answered from
+  those through the query tower (trained for it by ``feature_dropout`` and
+  ``history_dropout``).
 
-A user with neither a known ID nor any history gets the most popular items, scored
-by their share of train interactions. If fewer than K items are left once a user's
-items are left out, the remaining slots hold "" with score -inf. Everything is core
+A user with neither a known ID, nor any history, nor (``serve_tf_examples``) any user
+feature gets the most popular items, scored by their share of train interactions. If
+fewer than K items are left once a user's items are left out, the remaining slots hold "" with score -inf. Everything is core
 TensorFlow (hash tables, gathers, scatters, matmul, top_k), so
 ``tensorflow_model_server`` and a process importing only ``tensorflow`` can run it.
 """
@@ -33,7 +36,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from serving.savedmodel.features import raw_serving_spec, vocab_table
+from serving.savedmodel.features import described, raw_serving_spec, vocab_table
 from serving.savedmodel.index import FloatIndex
 from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
 from transform.features import HISTORY, MODEL_USER_ID as USER_ID, QUERY_FEATURES
@@ -238,7 +241,8 @@ class RetrievalModule(tf.Module):
         user_id = tf.reshape(raw[F.USER_ID], [-1])
         history, seen = self._stored(self.history_rows.lookup(user_id))
         inputs, known = self._user_inputs(user_id, self.example_features(raw))
-        return self._rank(inputs, known, history, seen)
+        personal = tf.logical_or(known, described(raw, F.USER_FEATURES))
+        return self._rank(inputs, personal, history, seen)
 
     def signatures(self) -> dict:
         # tf.functions, not concrete functions: traced once, inside the save, instead of
