@@ -8,6 +8,7 @@ requests) is the same code.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Dict, Sequence
 
 import numpy as np
@@ -65,14 +66,16 @@ def export_serving_model(export_dir: str, query_tower, candidate_tower, encoder,
     the unknown user's; ``item_counts``: train interactions per item (cold start).
     """
     embeddings = embed_catalog(candidate_tower, item_features)
-    module = RetrievalModule(
-        ServingTower(query_tower, int8=int8), ServingEncoder(encoder),
-        Int8Index(embeddings) if int8 else FloatIndex(embeddings),
-        tft_output.vocabulary_file_by_name(F.ITEM_VOCAB),
-        tft_output.vocabulary_file_by_name(F.USER_VOCAB), user_features, item_counts,
-        history, TransformQueryFeatures(tft_output.transform_features_layer()),
-        tft_output.raw_feature_spec(), top_k, max_history)
-    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    # The history table's asset file lives until the save has copied it into assets/.
+    with tempfile.TemporaryDirectory(prefix="savedmodel_assets_") as assets:
+        module = RetrievalModule(
+            ServingTower(query_tower, int8=int8), ServingEncoder(encoder),
+            Int8Index(embeddings) if int8 else FloatIndex(embeddings),
+            tft_output.vocabulary_file_by_name(F.ITEM_VOCAB),
+            tft_output.vocabulary_file_by_name(F.USER_VOCAB), user_features, item_counts,
+            history, TransformQueryFeatures(tft_output.transform_features_layer()),
+            tft_output.raw_feature_spec(), top_k, max_history, asset_dir=assets)
+        tf.saved_model.save(module, export_dir, signatures=module.signatures())
     popular = np.argsort(-np.asarray(item_counts), kind="stable")[:3]
     items: Sequence[bytes] = tft_output.vocabulary_by_name(F.ITEM_VOCAB)
     write_warmup_requests(export_dir, model_name,

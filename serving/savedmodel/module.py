@@ -59,9 +59,10 @@ def _smallest_int(values: np.ndarray):
     return np.int64
 
 
-def _write_lines(values, name: str) -> str:
-    """A vocabulary-style asset file (one raw ID per line) for a text-file table."""
-    path = os.path.join(tempfile.mkdtemp(prefix="savedmodel_assets_"), name)
+def _write_lines(values, name: str, directory: Optional[str]) -> str:
+    """A vocabulary-style asset file (one raw ID per line) for a text-file table, in
+    ``directory`` (the exporter's temporary folder; saving copies it into assets/)."""
+    path = os.path.join(directory or tempfile.mkdtemp(prefix="savedmodel_assets_"), name)
     with open(path, "wb") as f:
         for v in values:
             f.write((v if isinstance(v, bytes) else str(v).encode()) + b"\n")
@@ -110,7 +111,7 @@ class RetrievalModule(tf.Module):
     def __init__(self, query_tower, encoder, index, item_vocab_file: str,
                  user_vocab_file: str, user_features: np.ndarray, item_counts: np.ndarray,
                  history: UserHistory, example_features, raw_feature_spec: dict,
-                 top_k: int, max_history: int) -> None:
+                 top_k: int, max_history: int, asset_dir: Optional[str] = None) -> None:
         super().__init__(name="retrieval")
         self.index = index if hasattr(index, "scores") else FloatIndex(index)
         self.query_tower, self.encoder = query_tower, encoder
@@ -129,7 +130,8 @@ class RetrievalModule(tf.Module):
         share = item_counts / max(1, item_counts.sum())
         self.popularity = tf.Variable(share.astype(np.float32), trainable=False)
         # Raw user ID -> row of the history tables (every user ingested, eval-only too).
-        self.history_rows = vocab_table(_write_lines(history.user_ids, "history_users.txt"))
+        self.history_rows = vocab_table(_write_lines(history.user_ids, "history_users.txt",
+                                                       asset_dir))
         self.recent_indptr = tf.Variable(history.recent_indptr, trainable=False)
         self.recent = _table(history.recent)
         self.override_indptr = tf.Variable(history.override_indptr, trainable=False)
