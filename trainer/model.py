@@ -66,7 +66,8 @@ class Tower(keras.Model):
     def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         parts = [self.embeddings[f](tf.reshape(features[f], [-1])) for f in self._categorical]
         parts += [self.projections[f](tf.cast(features[f], tf.float32)) for f in self._dense]
-        parts += [tf.cast(features[f], tf.float32) for f in self._passthrough]
+        # The compute dtype: float16 under mixed_float16, where the embeddings are too.
+        parts += [tf.cast(features[f], self.compute_dtype) for f in self._passthrough]
         x = self.mlp(tf.concat(parts, axis=1), training=training)
         return tf.math.l2_normalize(tf.cast(x, tf.float32), axis=1)
 
@@ -203,8 +204,9 @@ class SequenceRetrievalModel(tfrs.Model):
         return out
 
     def positions(self, features: Dict[str, tf.Tensor], training: bool = False):
-        """``(queries [P, d], targets [P], candidate ids [C], candidates [C, d])`` over
-        the ``P`` valid positions of the batch."""
+        """``(queries [P, d], targets [P], candidate ids [C], candidates [C, d], where)``
+        over the ``P`` valid positions of this replica's batch; ``where`` maps item
+        indices to rows of ``candidates``."""
         items = tf.cast(features[F.WINDOW_ITEMS], tf.int64)
         inputs, targets = items[:, :-1], items[:, 1:]
         in_mask, valid = inputs >= 0, targets >= 0
@@ -215,10 +217,8 @@ class SequenceRetrievalModel(tfrs.Model):
                               tf.boolean_mask(targets, valid)], axis=0)
             cand_ids = tf.unique(flat).y
         candidates = self._candidates(cand_ids, training)
-        # Position of each item index in cand_ids (all of them in the full case).
-        lookup = tf.scatter_nd(cand_ids[:, tf.newaxis], tf.range(tf.size(cand_ids)),
-                               [self.num_items]) if not self.full_softmax else None
-        where = (lambda x: x) if self.full_softmax else (lambda x: tf.gather(lookup, x))
+        # Item index -> its row in cand_ids (the index itself in the full case).
+        where = (lambda x: x) if self.full_softmax else self._row_lookup(cand_ids)
         vectors = tf.gather(candidates, where(tf.maximum(inputs, 0)))
         encoded = self.encoder(vectors * tf.cast(in_mask, tf.float32)[..., tf.newaxis], in_mask,
                                training=training)
@@ -240,14 +240,28 @@ class SequenceRetrievalModel(tfrs.Model):
     def logits(self, queries, targets, cand_ids, candidates, where,
                negatives: Optional[tf.Tensor] = None):
         """``[P, 1 + C']`` logits with the positive first, and ``negatives``, the
-        candidate rows used (all of them, or a sample of in-batch targets)."""
+        candidate rows used (all of them, or a sample of the global batch's targets).
+
+        With several replicas in sync, the sampled softmax first gathers every
+        replica's targets, candidate IDs and candidate vectors, so the negatives and
+        their vectors come from the global batch as in one process (the full softmax
+        already sees the whole catalog on every replica).
+        """
         t = self.cfg.temperature
         if self.full_softmax:
             return tf.matmul(queries, candidates, transpose_b=True) / t, None
+        pool = targets
+        replicas = synced_replicas()
+        if replicas is not None:
+            # Integer IDs carry no gradient, so they are gathered apart from the
+            # vectors: all_gather's gradient all-reduces its output gradient and hands
+            # each replica the rows it contributed, which ``tests/test_distribution.py``
+            # checks against one process's gradient.
+            pool, cand_ids = replicas.all_gather([targets, cand_ids], axis=0)
+            candidates = dense_gradient(replicas.all_gather(candidates, axis=0))
+            where = self._row_lookup(cand_ids)
         if negatives is None:
-            pick = tf.random.uniform([self.cfg.num_negatives], 0, tf.shape(targets)[0],
-                                     dtype=tf.int32)
-            negatives = tf.gather(targets, pick)
+            negatives = self._draw_negatives(pool)
         pos_vec = tf.gather(candidates, where(targets))
         neg_vec = tf.gather(candidates, where(negatives))
         pos = tf.reduce_sum(queries * pos_vec, axis=1, keepdims=True) / t
@@ -263,9 +277,100 @@ class SequenceRetrievalModel(tfrs.Model):
             neg = tf.where(hit, tf.constant(-1e9, neg.dtype), neg)
         return tf.concat([pos, neg], axis=1), negatives
 
+    def _row_lookup(self, cand_ids: tf.Tensor):
+        """``[C]`` item indices, possibly repeated (one copy per replica) -> a function
+        from item indices to a row of ``cand_ids`` holding that item (the last one);
+        row 0 for an absent item (only padding looks one up, and is masked)."""
+        rows = tf.tensor_scatter_nd_max(tf.zeros([self.num_items], tf.int32),
+                                        cand_ids[:, tf.newaxis],
+                                        tf.range(tf.size(cand_ids)))
+        return lambda ids: tf.gather(rows, ids)
+
+    def _draw_negatives(self, pool: tf.Tensor) -> tf.Tensor:
+        """``num_negatives`` draws, with replacement, from the ``[P]`` targets ``pool``.
+
+        The pool is sorted and the stateless seed is ``cfg.seed`` and a digest of the
+        pool, so the draw depends only on the multiset of the global batch's targets:
+        every replica draws the same negatives, the same as one process given the same
+        global batch, whatever order the batch was split in.
+        """
+        pool = tf.sort(pool)
+        size = tf.shape(pool, out_type=tf.int64)[0]
+        digest = tf.math.floormod(
+            tf.reduce_sum(pool * tf.range(1, size + 1, dtype=tf.int64)), 2 ** 31 - 1)
+        seed = tf.stack([tf.constant(self.cfg.seed, tf.int64), digest])
+        picks = tf.random.stateless_uniform([self.cfg.num_negatives], seed, minval=0,
+                                            maxval=tf.maximum(size, 1), dtype=tf.int64)
+        return tf.gather(pool, picks)
+
     @tf.autograph.experimental.do_not_convert
     def compute_loss(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        """This replica's share of the mean next-item cross-entropy over the valid
+        positions of the global batch (the mean itself in one process)."""
         queries, targets, cand_ids, candidates, where = self.positions(features, training)
         logits, _ = self.logits(queries, targets, cand_ids, candidates, where)
         labels = targets if self.full_softmax else tf.zeros_like(targets)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return global_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    def _step_losses(self, inputs, training: bool) -> Dict[str, tf.Tensor]:
+        loss = self.compute_loss(inputs, training=training)
+        # Every replica holds the whole regularisation loss; Keras sums the replicas'
+        # gradients and logged values, so each contributes its 1/N share.
+        replicas = synced_replicas()
+        regularization = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        if replicas is not None:
+            regularization /= replicas.num_replicas_in_sync
+        return {"loss": loss, "regularization_loss": regularization,
+                "total_loss": loss + regularization}
+
+    def train_step(self, inputs) -> Dict[str, tf.Tensor]:
+        """TFRS's step, plus the regularisation share per replica and the loss scaling
+        that ``mixed_float16``'s ``LossScaleOptimizer`` expects (TFRS's step calls
+        ``apply_gradients`` without it). Keras sums the returned values over the
+        replicas, which gives the global batch's loss."""
+        optimizer = self.optimizer
+        scaled = hasattr(optimizer, "get_scaled_loss")
+        with tf.GradientTape() as tape:
+            losses = self._step_losses(inputs, training=True)
+            total = losses["total_loss"]
+            if scaled:
+                total = optimizer.get_scaled_loss(total)
+        gradients = tape.gradient(total, self.trainable_variables)
+        if scaled:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return losses
+
+    def test_step(self, inputs) -> Dict[str, tf.Tensor]:
+        return self._step_losses(inputs, training=False)
+
+
+def synced_replicas() -> Optional[tf.distribute.ReplicaContext]:
+    """The replica context when this code runs in one of several replicas trained in
+    sync (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``), else None."""
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+@tf.custom_gradient
+def dense_gradient(x: tf.Tensor):
+    """``x`` unchanged, its gradient made dense: rows picked with ``tf.gather`` have an
+    ``IndexedSlices`` gradient, which all_gather's gradient (an all-reduce) rejects."""
+    return tf.identity(x), lambda dy: tf.convert_to_tensor(dy)
+
+
+def global_mean(values: tf.Tensor) -> tf.Tensor:
+    """This replica's share of the mean of ``values`` ``[P]`` over every replica's
+    positions: its sum over the global count.
+
+    Keras sums the replicas' gradients (and, for TFRS models, their logged losses),
+    so the shares add up to one process's mean over the global batch however the
+    valid positions fall between the replicas; a per-replica mean would weight them
+    by replica instead, and the sum of the means is N times the loss.
+    """
+    total = tf.reduce_sum(values)
+    count = tf.cast(tf.size(values), values.dtype)
+    replicas = synced_replicas()
+    if replicas is not None:
+        count = replicas.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return total / tf.maximum(count, 1.0)

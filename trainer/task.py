@@ -25,7 +25,7 @@ from trainer import warmstart
 from trainer.model import SequenceRetrievalModel, build_towers, query_categorical
 from trainer.optim import make_optimizer
 import layout
-from trainer.strategy import choose_strategy, is_chief, strategy_name
+from trainer.strategy import check_batch_size, is_chief, strategy_name, training_strategy
 from transform import features as F
 from transform.config import TransformConfig
 
@@ -206,11 +206,24 @@ def warm_start_towers(towers, plan: warmstart.Plan, sizes: Dict[str, int],
         warmstart.current_vocabularies(tft_output), xcfg)
 
 
+def training_batch_size(batch_size: int, windows: float,
+                        strategy: tf.distribute.Strategy) -> int:
+    """The global batch: ``batch_size``, which must divide by the replicas, or on data
+    of fewer than four such batches a quarter of the ``windows`` (at least 8), rounded
+    down to a multiple of the replicas."""
+    check_batch_size(batch_size, strategy)
+    replicas = strategy.num_replicas_in_sync
+    small = max(8, int(windows) // 4)
+    if small >= batch_size:
+        return batch_size
+    return max(replicas, small - small % replicas)
+
+
 def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str],
                      tft_output: tft.TFTransformOutput, cfg: TrainerConfig,
                      xcfg: TransformConfig, serving_model_dir: str, run_dir: str,
-                     max_steps: Optional[int] = None, base_model: Optional[str] = None
-                     ) -> dict:
+                     max_steps: Optional[int] = None, base_model: Optional[str] = None,
+                     gpus: Optional[Sequence] = None) -> dict:
     """Trains, then writes the SavedModel (chief only) and returns the training history.
 
     ``train_patterns`` / ``eval_patterns``: SequenceGen's window splits. ``max_steps``:
@@ -218,13 +231,26 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
     validation on at most 50 batches) instead of ``cfg.epochs`` full passes.
     ``base_model``: the previous model's serving directory (TFX's warm-start input);
     without it, the newest towers under ``cfg.warm_start_dir``, if any
-    (``trainer/warmstart.py``).
+    (``trainer/warmstart.py``). ``gpus``: the visible GPUs (default: TensorFlow's
+    list); with any, training runs in ``mixed_float16``, and the process's earlier
+    Keras policy is back when this returns or raises.
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     run_start = time.time()
     tf.keras.utils.set_random_seed(cfg.seed)
-    strategy = choose_strategy()
+    with training_strategy(gpus) as strategy:
+        return _train_and_export(strategy, run_start, train_patterns, eval_patterns,
+                                 tft_output, cfg, xcfg, serving_model_dir, run_dir,
+                                 max_steps, base_model)
+
+
+def _train_and_export(strategy: tf.distribute.Strategy, run_start: float,
+                      train_patterns: Sequence[str], eval_patterns: Sequence[str],
+                      tft_output: tft.TFTransformOutput, cfg: TrainerConfig,
+                      xcfg: TransformConfig, serving_model_dir: str, run_dir: str,
+                      max_steps: Optional[int], base_model: Optional[str]) -> dict:
+    check_batch_size(cfg.batch_size, strategy)  # before reading any data
     catalog_start = time.time()
     sizes, catalog, num_windows = load_training_data(train_patterns, tft_output, cfg, xcfg)
     catalog_seconds = time.time() - catalog_start
@@ -257,7 +283,7 @@ def train_and_export(train_patterns: Sequence[str], eval_patterns: Sequence[str]
         keep = lambda f: tf.logical_or(  # noqa: E731
             is_new(f), tf.random.uniform(tf.shape(is_new(f))) < replay)
     train_windows = selected["new_windows"] + replay * selected["old_windows"]
-    batch = min(cfg.batch_size, max(8, int(train_windows) // 4))
+    batch = training_batch_size(cfg.batch_size, train_windows, strategy)
     if plan.warm and max_steps is None:
         max_steps = cfg.warm_steps or (
             int(np.ceil(cfg.warm_epochs * train_windows / batch))
