@@ -120,10 +120,15 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
 
 
 def _api_options(p: argparse.ArgumentParser) -> None:
+    from runner import kfp_api
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. "
                    "http://localhost:8080 or https://kubeflow.example.com/pipeline")
     p.add_argument("--pipeline-name", default="twotower-recommender")
     p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user)")
+    p.add_argument("--api-timeout", type=float, default=kfp_api.DEFAULT_TIMEOUT_SECONDS,
+                   metavar="SECONDS",
+                   help="give up on a KFP API request after this long without an answer "
+                   "(default: %(default)s)")
 
 
 def pipeline_resources():
@@ -167,7 +172,7 @@ def _upload(a: argparse.Namespace) -> int:
     from runner import kfp_api
     with tempfile.TemporaryDirectory() as tmp:
         path = _compile(a, a.output or os.path.join(tmp, "twotower-recommender.yaml"))
-        kfp = kfp_api.client(a.host, a.namespace)
+        kfp = kfp_api.client(a.host, a.namespace, timeout=a.api_timeout)
         version = a.version_name or (a.image or "").rsplit(":", 1)[-1] or os.path.basename(path)
         result = kfp_api.upload(kfp, path, a.pipeline_name, version)
     what = "pipeline" if result.new_pipeline else "version"
@@ -179,7 +184,7 @@ def _upload(a: argparse.Namespace) -> int:
 def _schedule(a: argparse.Namespace) -> int:
     from runner import kfp_api
     from runner import kubeflow as kf
-    kfp = kfp_api.client(a.host, a.namespace)
+    kfp = kfp_api.client(a.host, a.namespace, timeout=a.api_timeout)
     params = kfp_api.parse_params(a.param, kf.PARAMETER_TYPES)
     run = kfp_api.schedule(kfp, a.pipeline_name, a.cron, a.experiment, params,
                            job_name=a.job_name or "", pipeline_root=a.pipeline_root or "",
@@ -228,6 +233,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except InputDataError as e:  # the user's input only; an internal missing file is a bug
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ConnectionError as e:  # kfp_api.KFPUnreachable: no answer from the KFP API
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except ValueError as e:  # bad Kubeflow options, parameters or API answers
         if a.command == "run":
             raise

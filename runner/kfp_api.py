@@ -7,28 +7,102 @@ Authentication comes from the environment only, and is never printed or written:
 - ``KF_PIPELINES_COOKIE``: the Kubeflow session cookie, e.g.
   ``authservice_session=...`` or ``oauth2_proxy_kubeflow=...`` copied from the browser,
   for a Kubeflow behind Dex/oauth2-proxy.
+
+Every request has a deadline (``timeout``, 30 s by default, ``--api-timeout`` on the
+command line). ``kfp.Client`` takes none and passes none on, and then a request to a
+server that accepts the connection but never answers waits for ever.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
+import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
 COOKIE_ENV = "KF_PIPELINES_COOKIE"
 DEFAULT_EXPERIMENT = "twotower-recommender"
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+
+class KFPUnreachable(ConnectionError):
+    """A KFP API request got no answer: no connection, or none within the deadline."""
 
 
 def client(host: str, namespace: Optional[str] = None,
-           environ: Mapping[str, str] = os.environ):
-    """A ``kfp.Client`` for ``host`` with the token or cookie from ``environ``."""
-    import kfp
+           environ: Mapping[str, str] = os.environ,
+           timeout: float = DEFAULT_TIMEOUT_SECONDS):
+    """A ``kfp.Client`` for ``host`` with the token or cookie from ``environ``, whose
+    every request gives up after ``timeout`` seconds without an answer."""
+    if timeout <= 0:
+        raise ValueError(f"KFP API timeout must be > 0 seconds, got {timeout}")
     token, cookie = environ.get(TOKEN_ENV) or None, environ.get(COOKIE_ENV) or None
     kwargs: Dict[str, Any] = {"host": host, "existing_token": token, "cookies": cookie}
     if namespace:
         kwargs["namespace"] = namespace
-    return kfp.Client(**kwargs)
+    return _timed_client_class()(request_timeout=timeout, **kwargs)
+
+
+def _timed_client_class():
+    """``kfp.Client`` with a :func:`timed_rest_client` under its generated APIs.
+
+    They all share one ``ApiClient``, whose ``rest_client`` makes every request.
+    ``kfp.Client.__init__`` creates it and may call ``get_kfp_healthz`` before it
+    returns, so the swap happens there too.
+    """
+    import kfp
+
+    class TimedClient(kfp.Client):
+        def __init__(self, *args, request_timeout: float, **kwargs) -> None:
+            self._request_timeout = request_timeout
+            super().__init__(*args, **kwargs)
+            self._use_deadlines()
+
+        def get_kfp_healthz(self, *args, **kwargs):
+            self._use_deadlines()
+            return super().get_kfp_healthz(*args, **kwargs)
+
+        def _use_deadlines(self) -> None:
+            api_client = self._healthz_api.api_client
+            if not getattr(api_client.rest_client, "timed", False):
+                api_client.rest_client = timed_rest_client(api_client.configuration,
+                                                           self._request_timeout)
+    return TimedClient
+
+
+def timed_rest_client(configuration, timeout: float):
+    """A ``kfp_server_api`` REST client whose requests default to ``timeout`` seconds
+    to connect and between bytes read, and raise :class:`KFPUnreachable` without an
+    answer. The generated client takes an int alone as a timeout, and a float only
+    in a (connect, read) pair, so the pair it is."""
+    import urllib3
+    from kfp_server_api import rest
+
+    # A read that timed out is not retried (the server may still be at work on it);
+    # refused or reset connections are, 3 times, with back-off.
+    configuration = copy.copy(configuration)
+    configuration.retries = urllib3.Retry(total=3, read=0, backoff_factor=0.2)
+
+    class TimedRESTClient(rest.RESTClientObject):
+        timed = True
+
+        def request(self, method, url, *args, **kwargs):
+            kwargs["_request_timeout"] = kwargs.get("_request_timeout") or (timeout, timeout)
+            try:
+                return super().request(method, url, *args, **kwargs)
+            except urllib3.exceptions.HTTPError as e:
+                reason = getattr(e, "reason", None) or e
+                where = urllib.parse.urlsplit(url)._replace(query="").geturl()
+                # (urllib3 derives "connection refused" from its connect-timeout error)
+                if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+                        reason, urllib3.exceptions.NewConnectionError):
+                    raise KFPUnreachable(f"KFP API {method} {where}: no answer within "
+                                         f"{timeout:g} s (--api-timeout)") from None
+                raise KFPUnreachable(f"KFP API {method} {where}: cannot connect: "
+                                     f"{reason}") from None
+    return TimedRESTClient(configuration)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,9 @@ import datetime
 import email.parser
 import http.server
 import json
+import socket
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -94,6 +96,7 @@ class FakeKFP:
     def __init__(self):
         self.pipelines, self.versions, self.experiments, self.recurring = {}, {}, {}, []
         self.auth, self.errors, self.uploaded = [], [], []
+        self.delay: dict = {}  # URL path -> seconds to hold the answer back
 
     def now(self):
         return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
@@ -121,6 +124,7 @@ def make_handler(state: FakeKFP):
 
         def _record_auth(self):
             state.auth.append((self.headers.get("Authorization"), self.headers.get("Cookie")))
+            time.sleep(state.delay.get(urllib.parse.urlparse(self.path).path, 0.0))
 
         def _body(self):
             return self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -315,3 +319,45 @@ def test_schedule_without_uploaded_pipeline_fails_clearly(kfp_server, capsys):
     host, _ = kfp_server
     assert cli.main(["schedule", "--host", host, "--cron", "0 3 * * *"]) == 2
     assert "pipeline.py upload" in capsys.readouterr().err
+
+
+def test_a_slow_api_fails_the_command_naming_the_endpoint_and_the_timeout(kfp_server, capsys):
+    host, state = kfp_server
+    state.delay[f"{PREFIX}/pipelines"] = 5.0  # answers, but too late
+    start = time.monotonic()
+    assert cli.main(["schedule", "--host", host, "--cron", "0 3 * * *",
+                     "--api-timeout", "0.5"]) == 3
+    assert time.monotonic() - start < 3.0  # a read that timed out is not retried
+    err = capsys.readouterr().err
+    assert f"KFP API GET {host}{PREFIX}/pipelines: no answer within 0.5 s" in err, err
+
+
+def test_the_health_check_inside_kfp_client_has_a_deadline_too(kfp_server):
+    host, state = kfp_server  # no kfp context file: kfp.Client asks healthz for the mode
+    state.delay[f"{PREFIX}/healthz"] = 5.0
+    start = time.monotonic()
+    with pytest.raises(kfp_api.KFPUnreachable, match=rf"GET {host}{PREFIX}/healthz: no "
+                       r"answer within 0.3 s"):
+        kfp_api.client(host, timeout=0.3)
+    assert time.monotonic() - start < 3.0
+    assert kfp_api.client(host, namespace="team", timeout=0.3)  # no healthz call then
+
+
+def test_the_upload_has_a_deadline(kfp_server, package):
+    host, state = kfp_server
+    client = kfp_api.client(host, timeout=0.5)
+    state.delay[f"{PREFIX}/pipelines/upload"] = 5.0
+    with pytest.raises(kfp_api.KFPUnreachable, match=rf"POST {host}{PREFIX}/pipelines/"
+                       r"upload: no answer within 0.5 s"):
+        kfp_api.upload(client, package, "twotower-recommender", "v1")
+
+
+def test_no_server_fails_clearly(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert cli.main(["schedule", "--host", f"http://127.0.0.1:{port}", "--cron",
+                     "0 3 * * *"]) == 3
+    assert f"KFP API GET http://127.0.0.1:{port}{PREFIX}/healthz: cannot connect" in \
+        capsys.readouterr().err
