@@ -9,7 +9,9 @@ from concurrent import futures
 import grpc
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
 
 from serving import client as cli
 from serving.client import ClientConfig, RecommenderClient, ServingError
@@ -39,10 +41,24 @@ class _Fake(prediction_service_pb2_grpc.PredictionServiceServicer):
             [[0.9, 0.5, 0.1]] * len(users), dtype=tf.float32))
         return response
 
+    def GetModelMetadata(self, request, context):
+        time.sleep(self.delay)
+        return get_model_metadata_pb2.GetModelMetadataResponse()
+
+
+class _FakeModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, fake):
+        self.fake = fake
+
+    def GetModelStatus(self, request, context):
+        time.sleep(self.fake.delay)
+        return get_model_status_pb2.GetModelStatusResponse()
+
 
 def _serve(fake, credentials=None):
     server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(fake, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(_FakeModelService(fake), server)
     port = (server.add_secure_port("localhost:0", credentials) if credentials
             else server.add_insecure_port("localhost:0"))
     server.start()
@@ -98,6 +114,20 @@ def test_every_call_has_a_deadline(fake_server):
             c.recommend(["u1"])
     assert time.monotonic() - start < 0.9
     assert info.value.exit_code == cli.EXIT_UNAVAILABLE and "within 0.2 s" in str(info.value)
+
+
+@pytest.mark.parametrize("fake_server", [{"delay": 1.0}], indirect=True)
+@pytest.mark.parametrize("call, name", [(lambda c: c.metadata(), "GetModelMetadata"),
+                                        (lambda c: c.status(), "GetModelStatus")],
+                         ids=["metadata", "status"])
+def test_metadata_and_status_calls_have_the_deadline_too(fake_server, call, name):
+    _, address = fake_server
+    start = time.monotonic()
+    with RecommenderClient(ClientConfig(server=address, timeout=0.2)) as c:
+        with pytest.raises(ServingError, match=rf"no answer from {address} within 0.2 s "
+                           rf"\({name}\)") as info:
+            call(c)
+    assert time.monotonic() - start < 0.9 and info.value.exit_code == cli.EXIT_UNAVAILABLE
 
 
 def test_exclusions_lead_with_an_empty_item(fake_server):
