@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import threading
+import time
 import urllib.parse
 
 import pytest
@@ -55,6 +56,9 @@ class FakeTFJobAPI:
                 if fault == "drop":  # the connection ends with no answer at all
                     self.close_connection = True
                     return None
+                if fault == "slow":  # answers, 3 s late
+                    time.sleep(3)
+                    fault = None
                 if fault:
                     return self._status(fault, "ServiceUnavailable")
                 path = urllib.parse.urlsplit(self.path).path
@@ -217,6 +221,26 @@ def test_a_dropped_connection_is_transient(fake_api):
     fake_api.faults += [None, None, "drop", "drop", "drop", "drop"]
     assert tfjob.job_state(client.run(manifest)) == "Succeeded"
     assert 1.0 in clock.slept  # our own backoff ran after urllib3 gave up
+
+
+def test_every_request_has_a_deadline(fake_api):
+    """A poll answered 3 s late is abandoned after api_timeout_seconds (0.5) and asked
+    again. (The kubernetes client ignores a float timeout given alone: the request
+    would then wait the 3 s.)"""
+    def operator(n):
+        if n == 1:  # after the first poll: the next answer comes late
+            fake_api.faults.append("slow")
+        if n == 2:
+            fake_api.finish(name, "Succeeded")
+    clock = FakeClock(operator)
+    client, settings = _client(clock, api_timeout_seconds=0.5)
+    manifest = _manifest(settings)
+    name = manifest["metadata"]["name"]
+    start = time.monotonic()
+    assert tfjob.job_state(client.run(manifest)) == "Succeeded"
+    assert time.monotonic() - start < 2.5
+    # The late poll was abandoned and asked again (by urllib3's own retry of a GET).
+    assert len(fake_api.methods("GET")) == 5  # with the adoption check before the create
 
 
 def test_an_outage_longer_than_the_patience_fails_the_step_and_names_the_error(fake_api):

@@ -206,8 +206,10 @@ class TFJobClient:
         backoff, attempt = FIRST_BACKOFF_SECONDS, 1
         while True:
             try:
+                # A (connect, read) pair: the client ignores a float given alone.
+                timeout = self.settings.api_timeout_seconds
                 return call(API_GROUP, API_VERSION, self.namespace, PLURAL, *args,
-                            _request_timeout=self.settings.api_timeout_seconds)
+                            _request_timeout=(timeout, timeout))
             except Exception as e:  # classified right below; others re-raised as they are
                 if not is_transient(e):
                     raise
