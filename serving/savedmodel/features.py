@@ -24,14 +24,15 @@ def raw_serving_spec(raw_spec: Dict[str, tf.io.FixedLenFeature]) -> dict:
     return spec
 
 
-def described(raw: Dict[str, tf.Tensor], names) -> tf.Tensor:
+def described(raw: Dict[str, tf.Tensor], names, batch: tf.Tensor) -> tf.Tensor:
     """``[batch]`` bool: the request carries at least one of the raw features ``names``
-    (a value other than the default an absent feature gets)."""
-    out = None
-    for name in names:
+    (a value other than the default an absent feature gets); a schema without any of
+    them describes nobody."""
+    out = tf.zeros([batch], tf.bool)
+    for name in (n for n in names if n in raw):
         value = tf.reshape(raw[name], [-1])
         present = tf.not_equal(value, tf.constant(_RAW_DEFAULTS[value.dtype], value.dtype))
-        out = present if out is None else tf.logical_or(out, present)
+        out = tf.logical_or(out, present)
     return out
 
 

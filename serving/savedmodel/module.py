@@ -243,7 +243,8 @@ class RetrievalModule(tf.Module):
         user_id = tf.reshape(raw[F.USER_ID], [-1])
         history, seen = self._stored(self.history_rows.lookup(user_id))
         inputs, known = self._user_inputs(user_id, self.example_features(raw))
-        personal = tf.logical_or(known, described(raw, F.USER_FEATURES))
+        personal = tf.logical_or(known, described(raw, F.USER_FEATURES,
+                                                  tf.shape(user_id)[0]))
         return self._rank(inputs, personal, history, seen)
 
     def signatures(self) -> dict:
