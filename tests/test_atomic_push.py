@@ -19,17 +19,7 @@ from tfx.utils import proto_utils
 from components.pusher import executor as pusher
 from serving.savedmodel.warmup import write_warmup_requests
 from serving.version_manager import VersionManager
-
-
-class _Tiny(tf.Module):
-    def __init__(self, tag: str) -> None:
-        super().__init__()
-        self.tag = tf.Variable(tag)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve(self, user_id):
-        n = tf.shape(user_id)[0]
-        return {"item_ids": tf.fill([n, 3], self.tag.read_value()), "scores": tf.ones([n, 3])}
+from tests.test_serving_versions import _Tiny
 
 
 def _save(path: str, tag: str) -> str:

@@ -223,15 +223,20 @@ class TFJobClient:
                 self.sleep(backoff)
                 backoff, attempt = min(2 * backoff, MAX_BACKOFF_SECONDS), attempt + 1
 
-    def get(self, name: str) -> Optional[Dict[str, Any]]:
-        """The job, or None when there is none of that name."""
+    def _call_or_none(self, answer: int, what: str, call: Callable[..., T], *args: Any
+                      ) -> Optional[T]:
+        """:meth:`_call`, with the HTTP status ``answer`` meaning None; the rest propagate."""
         try:
-            return self._call(f"reading TFJob {self.namespace}/{name}",
-                              self.api.get_namespaced_custom_object, name)
-        except Exception as e:  # only 404 is an answer; the rest propagate
-            if _status(e) == 404:
+            return self._call(what, call, *args)
+        except Exception as e:  # noqa: BLE001 (re-raised unless it is the answer)
+            if _status(e) == answer:
                 return None
             raise
+
+    def get(self, name: str) -> Optional[Dict[str, Any]]:
+        """The job, or None when there is none of that name (404)."""
+        return self._call_or_none(404, f"reading TFJob {self.namespace}/{name}",
+                                  self.api.get_namespaced_custom_object, name)
 
     def create(self, manifest: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """The created job, or None when a job of that name exists already.
@@ -240,13 +245,8 @@ class TFJobClient:
         the caller then adopts it like any existing job.
         """
         name = manifest["metadata"]["name"]
-        try:
-            return self._call(f"creating TFJob {self.namespace}/{name}",
-                              self.api.create_namespaced_custom_object, manifest)
-        except Exception as e:  # only 409 is an answer; the rest propagate
-            if _status(e) == 409:
-                return None
-            raise
+        return self._call_or_none(409, f"creating TFJob {self.namespace}/{name}",
+                                  self.api.create_namespaced_custom_object, manifest)
 
     def delete(self, name: str) -> None:
         """Deletes the job and, through their owner references, its pods."""
