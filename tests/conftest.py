@@ -52,6 +52,15 @@ def small_pipeline(tmp_path_factory):
     return root, summary, opts
 
 
+def artifact(cls, uri: str, **props):
+    """A TFX artifact of type ``cls`` at ``uri``, with attributes ``props`` (e.g. span)."""
+    a = cls()
+    a.uri = uri
+    for k, v in props.items():
+        setattr(a, k, v)
+    return a
+
+
 def _restore(root: str, snapshot: str) -> None:
     shutil.rmtree(root)
     shutil.copytree(snapshot, root, symlinks=True)

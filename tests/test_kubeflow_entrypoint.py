@@ -20,6 +20,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2 as pb
 from components.tfjob_trainer import executor as tfjob_executor, tfjob
 from runner import kfp_entrypoint, kubeflow
 from trainer.config import TrainerConfig
+from tests.conftest import artifact
 from tests.fake_http import JSONHandler
 
 ORDER = ["ImportSchemaGen", "FileBasedExampleGen", "StatisticsGen", "ExampleValidator",
@@ -286,22 +287,16 @@ def fake_k8s(monkeypatch):
 
 def _trainer_dicts(launcher, out_dir, settings):
     from tfx.types import standard_artifacts
-    def art(cls, uri, **props):
-        a = cls()
-        a.uri = uri
-        for k, v in props.items():
-            setattr(a, k, v)
-        return a
     inputs = {
-        "examples": [art(standard_artifacts.Examples,
+        "examples": [artifact(standard_artifacts.Examples,
                          launcher.local("SequenceGen", "sequences"),
                          split_names='["train", "eval", "items", "users", "history"]')],
-        "transform_graph": [art(standard_artifacts.TransformGraph,
+        "transform_graph": [artifact(standard_artifacts.TransformGraph,
                                 launcher.local("Transform", "transform_graph"))],
-        "schema": [art(standard_artifacts.Schema, launcher.local("ImportSchemaGen", "schema"))],
+        "schema": [artifact(standard_artifacts.Schema, launcher.local("ImportSchemaGen", "schema"))],
     }
-    outputs = {"model": [art(standard_artifacts.Model, os.path.join(out_dir, "model"))],
-               "model_run": [art(standard_artifacts.ModelRun, os.path.join(out_dir, "run"))]}
+    outputs = {"model": [artifact(standard_artifacts.Model, os.path.join(out_dir, "model"))],
+               "model_run": [artifact(standard_artifacts.ModelRun, os.path.join(out_dir, "run"))]}
     custom = {**TINY_TRAINER.to_custom_config(), tfjob.CUSTOM_CONFIG_KEY: settings}
     props = {"train_args": '{"splits": ["train"]}', "eval_args": '{"splits": ["eval"]}',
              "custom_config": json.dumps(custom), "run_fn": "trainer.task.run_fn"}

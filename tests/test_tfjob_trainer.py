@@ -20,6 +20,7 @@ from tfx.types import standard_artifacts
 
 from components.tfjob_trainer import executor as tfjob_executor
 from components.tfjob_trainer import tfjob
+from tests.conftest import artifact
 from tests.fake_http import JSONHandler
 from tests.test_manifests import validate_tfjob
 
@@ -339,14 +340,6 @@ def test_a_create_whose_answer_was_lost_adopts_its_own_job(fake_api):
 
 # --- the executor ---------------------------------------------------------------------
 
-def _artifact(cls, uri, **props):
-    a = cls()
-    a.uri = uri
-    for k, v in props.items():
-        setattr(a, k, v)
-    return a
-
-
 def _write(path, text="x"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -362,12 +355,12 @@ def trainer_step(tmp_path):
             _write(str(examples / f"Split-{split}" / f"data-{i:05d}-of-{n:05d}.gz"),
                    f"{split}{i}")
     _write(str(graph / "transform_fn" / "saved_model.pb"), "graph")
-    inputs = {"examples": [_artifact(standard_artifacts.Examples, str(examples),
+    inputs = {"examples": [artifact(standard_artifacts.Examples, str(examples),
                                      split_names='["train", "eval"]')],
-              "transform_graph": [_artifact(standard_artifacts.TransformGraph, str(graph))]}
+              "transform_graph": [artifact(standard_artifacts.TransformGraph, str(graph))]}
     out = tmp_path / "minio" / "run-7" / "Trainer"
-    outputs = {"model": [_artifact(standard_artifacts.Model, str(out / "model"))],
-               "model_run": [_artifact(standard_artifacts.ModelRun, str(out / "model_run"))]}
+    outputs = {"model": [artifact(standard_artifacts.Model, str(out / "model"))],
+               "model_run": [artifact(standard_artifacts.ModelRun, str(out / "model_run"))]}
 
     def props(**settings):
         custom = {"trainer": {"epochs": 1}, tfjob.CUSTOM_CONFIG_KEY: {
