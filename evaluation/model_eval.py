@@ -2,8 +2,10 @@
 
 The query must not see the held-out split: a model that stores every interaction
 ingested (the served history) is asked through ``recommend_given_history`` with each
-user's train items only, oldest first, and told to leave out all of them. Models from
-before the history signature are asked through ``recommend_excluding``.
+user's train items only, oldest first, as of the moment the user comes back (the days
+from their newest train interaction to their first eval one), and told to leave out
+all of them. Models from before
+the history signature are asked through ``recommend_excluding``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from evaluation.split_data import SplitMatrices
 
 RECOMMEND_GIVEN_HISTORY = "recommend_given_history"
 RECOMMEND_EXCLUDING = "recommend_excluding"
+DAYS_SINCE_HISTORY = "days_since_history"
 
 
 def _id_batch(split: SplitMatrices, lists) -> np.ndarray:
@@ -42,6 +45,8 @@ def evaluate_saved_model(model_dir: str, split: SplitMatrices, ks: Sequence[int]
     signatures = tf.saved_model.load(model_dir).signatures
     given = RECOMMEND_GIVEN_HISTORY in signatures and split.train_order is not None
     fn = signatures[RECOMMEND_GIVEN_HISTORY if given else RECOMMEND_EXCLUDING]
+    # Models from before the gap input do not take it.
+    timed = given and DAYS_SINCE_HISTORY in fn.structured_input_signature[1]
     item_index = {item: i for i, item in enumerate(split.item_ids)}
     acc = MetricAccumulator(ks, len(split.item_ids))
     users = np.flatnonzero(split.relevant_counts() > 0)
@@ -53,6 +58,10 @@ def evaluate_saved_model(model_dir: str, split: SplitMatrices, ks: Sequence[int]
         if given:
             args["history_item_ids"] = tf.constant(
                 _id_batch(split, [split.train_history(r) for r in rows]))
+        if timed:  # without eval times: no gap, as right after the history
+            args[DAYS_SINCE_HISTORY] = tf.constant(
+                split.days_since_history(rows) if split.eval_first_time is not None
+                else np.zeros(len(rows), np.float32))
         start = time.perf_counter()
         out = fn(**args)
         seconds.append(time.perf_counter() - start)

@@ -30,9 +30,23 @@ class SplitMatrices:
     # None when the split was built without timestamps.
     train_order_indptr: Optional[np.ndarray] = None
     train_order: Optional[np.ndarray] = None
+    # Each user's newest train and oldest eval timestamp (0: none); None without
+    # timestamps.
+    train_last_time: Optional[np.ndarray] = None
+    eval_first_time: Optional[np.ndarray] = None
 
     def relevant_counts(self) -> np.ndarray:
         return np.asarray(self.eval.sum(axis=1)).ravel() + self.eval_cold_items
+
+    def days_since_history(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows)]`` float32 days from each user's newest train interaction to their
+        first eval one: the model is asked at the moment the user comes back, as a
+        server would ask it when their request arrives. 0 for a user without both."""
+        if self.train_last_time is None or self.eval_first_time is None:
+            raise ValueError("this split was built without timestamps")
+        last, first = self.train_last_time[rows], self.eval_first_time[rows]
+        return np.where((last > 0) & (first > 0), (first - last) / 86400.0,
+                        0.0).astype(np.float32)
 
     def train_history(self, row: int) -> np.ndarray:
         """Catalog indices of the user's train items, oldest first."""
@@ -81,16 +95,18 @@ def load_split_from_examples(examples_uri: str,
     """The same matrices from an ExampleGen ``Examples`` artifact (``Split-train/eval``),
     with each user's train items in time order."""
     tu, ti, tt = read_examples(os.path.join(examples_uri, "Split-train", "*"))
-    eu, ei, _ = read_examples(os.path.join(examples_uri, "Split-eval", "*"))
+    eu, ei, et = read_examples(os.path.join(examples_uri, "Split-eval", "*"))
     decode = lambda a: np.array([x.decode() for x in a], dtype=object)  # noqa: E731
-    return build_split(decode(tu), decode(ti), decode(eu), decode(ei), catalog, tt)
+    return build_split(decode(tu), decode(ti), decode(eu), decode(ei), catalog, tt, et)
 
 
 def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
                 catalog: Optional[Sequence[str]] = None,
-                train_times: Optional[np.ndarray] = None) -> SplitMatrices:
+                train_times: Optional[np.ndarray] = None,
+                eval_times: Optional[np.ndarray] = None) -> SplitMatrices:
     """Matrices over ``catalog`` (default: every item in train) from raw ID arrays;
-    with ``train_times``, also each user's train items in time order."""
+    with ``train_times``, also each user's train items in time order and newest train
+    time; with ``eval_times`` too, each user's first eval time."""
     item_ids = list(catalog) if catalog is not None else sorted(set(ti))
     item_index: Dict[str, int] = {it: i for i, it in enumerate(item_ids)}
     user_ids = np.unique(np.concatenate([tu, eu])) if len(tu) + len(eu) else np.zeros(0)
@@ -124,6 +140,13 @@ def build_split(tu: np.ndarray, ti: np.ndarray, eu: np.ndarray, ei: np.ndarray,
         split.train_order = cols[order]
         split.train_order_indptr = np.concatenate(
             [[0], np.cumsum(np.bincount(rows, minlength=n_u))]).astype(np.int64)
+        split.train_last_time = np.zeros(n_u, np.int64)
+        np.maximum.at(split.train_last_time, rows, times.astype(np.int64))
+        if eval_times is not None:
+            first = np.full(n_u, np.iinfo(np.int64).max)
+            np.minimum.at(first, np.fromiter((user_index[u] for u in eu), np.int64, len(eu)),
+                          np.asarray(eval_times, np.int64))
+            split.eval_first_time = np.where(first == np.iinfo(np.int64).max, 0, first)
     return split
 
 

@@ -87,6 +87,19 @@ def test_train_history_in_time_order_with_repeats():
     assert s.train[0].toarray().tolist() == [[1, 1]]  # repeats count once in the matrix
 
 
+def test_days_since_history_run_from_the_newest_train_to_the_first_eval_interaction():
+    day = 86400
+    # u0: train at days 1 and 4, eval at days 10 and 6 -> 6 - 4 = 2 days; u1: train
+    # only; u2: eval only -> both 0 (nothing to count from or to).
+    s = build_split(A("u0", "u0", "u1"), A("a", "b", "a"), A("u0", "u0", "u2"), A("c", "a", "b"),
+                    train_times=np.array([1, 4, 2]) * day,
+                    eval_times=np.array([10, 6, 3]) * day)
+    assert s.days_since_history(np.array([0, 1, 2])).tolist() == [2.0, 0.0, 0.0]
+    without = build_split(A("u0"), A("a"), A("u0"), A("b"), train_times=np.array([1]))
+    with pytest.raises(ValueError, match="without timestamps"):
+        without.days_since_history(np.array([0]))
+
+
 def test_repeated_cold_item_counts_once_like_a_repeated_catalog_item():
     # u0 trains on a only, so the catalog is [a]; eval b, z, z, b are 2 distinct items
     # outside it, each seen twice. In-catalog repeats count once, so this should be 2,

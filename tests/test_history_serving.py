@@ -11,6 +11,7 @@ from serving.savedmodel.history import build_user_history
 from serving.savedmodel.index import FloatIndex, Int8Index
 from serving.savedmodel.module import RetrievalModule, newest
 from trainer.data import HISTORY
+from transform import features as F
 from trainer.model import MeanEncoder
 
 ITEMS = [b"a", b"b", b"c", b"d", b"e"]
@@ -105,7 +106,7 @@ def test_request_history_is_appended_and_excluded(module):
 def test_given_history_replaces_the_stored_one(module):
     out = _ids(module.recommend_given_history(
         user_id=tf.constant(["u1"]), history_item_ids=tf.constant([["c"]]),
-        exclude_item_ids=tf.constant([["d"]])))
+        exclude_item_ids=tf.constant([["d"]]), days_since_history=tf.constant([0.0])))
     # Only c is the query (stored a is ignored) and only d is left out: c itself
     # ranks first, then b (cos 0.6); a is allowed.
     assert out[0][:2] == ["c", "b"] and "d" not in out[0] and "a" in out[0]
@@ -125,3 +126,36 @@ def test_saved_and_reloaded_answers_match(module, tmp_path):
     assert [x.decode() for x in out["item_ids"].numpy()[0]][0] == "d"
     scores = out["scores"].numpy()[0]
     assert (np.diff(scores) <= 1e-6).all()
+
+
+class GapTower(tf.Module):
+    """The encoded history plus the gap input times e: the longer the gap, the more
+    the query turns to e."""
+    input_names = (F.QUERY_GAP,)
+
+    def __call__(self, features, training=False):
+        e = tf.constant([[0.0, 0.0, 1.0]])
+        return tf.math.l2_normalize(features[HISTORY] + features[F.QUERY_GAP] * e, axis=1)
+
+
+def test_the_gap_input_counts_from_the_stored_time_and_is_zero_for_request_items(tmp_path):
+    now, day = 1_000_000_000, 86400
+    far = int((np.e ** 2 - 1) * day)  # log(1 + days) = 2
+    # Both saw a only; "old" last did so `far` seconds before "fresh", the newest.
+    history = build_user_history([(b"old", [0], [0], now - far), (b"fresh", [0], [0], now)],
+                                 max_history=3, num_items=5)
+    module = RetrievalModule(
+        GapTower(), MeanEncoder(), FloatIndex(VECTORS), _lines(tmp_path / "items", ITEMS),
+        _lines(tmp_path / "users", [b"old", b"fresh"]), np.zeros((3, 3), np.int64), COUNTS,
+        history, lambda raw: {}, {"user_id": tf.io.FixedLenFeature([], tf.string)},
+        top_k=100, max_history=3)
+    # Query a + 2e for "old": e (2/sqrt 5) beats b (0.8/sqrt 5); "fresh" (gap 0): b.
+    assert [r[0] for r in _ids(module.serve(tf.constant(["old", "fresh"])))] == ["e", "b"]
+    # Items in the request are fresh: gap 0, query a + c, so b (0.7) leads, not e.
+    out = _ids(module.recommend_from_history(tf.constant(["old"]), tf.constant([["c"]])))
+    assert out[0][0] == "b"
+    # The evaluator says how long ago the given history was.
+    out = _ids(module.recommend_given_history(
+        tf.constant(["fresh", "fresh"]), tf.constant([["a"], ["a"]]),
+        tf.constant([["a"], ["a"]]), tf.constant([far / day, 0.0], tf.float32)))
+    assert [r[0] for r in out] == ["e", "b"]

@@ -71,19 +71,21 @@ def test_user_sequences_split_windows_eval_and_history(tmp_path):
                                                              tuple(r[F.WINDOW_ITEMS])))
         # Train only (d is eval), x dropped: a b c in windows of 3 -> [a b c], [PAD PAD a].
         assert_that(windows, equal_to([(0, (0, 1, 2)), (0, (-1, -1, 0))]), label="train")
-        evals_ = out["eval"] | "E" >> beam.Map(lambda r: (r[F.WINDOW_USER][0],
-                                                          tuple(r[F.WINDOW_ITEMS])))
-        # Newest 3 known of both splits; u2 is not in the user vocabulary (-1).
-        assert_that(evals_, equal_to([(0, (1, 2, 3)), (-1, (-1, -1, 0))]), label="eval")
+        evals_ = out["eval"] | "E" >> beam.Map(lambda r: (
+            r[F.WINDOW_USER][0], tuple(r[F.WINDOW_ITEMS]), tuple(r[F.WINDOW_TIMES])))
+        # Newest 3 known of both splits and their times; u2 is not in the user
+        # vocabulary (-1).
+        assert_that(evals_, equal_to([(0, (1, 2, 3), (2, 3, 4)), (-1, (-1, -1, 0), (0, 0, 9))]),
+                    label="eval")
         history = out["history"] | "H" >> beam.Map(
             lambda r: (r[F.HISTORY_USER][0], tuple(r[F.HISTORY_ITEMS]),
-                       tuple(r[F.HISTORY_EXCLUDE])))
-        # Item indices; x (outside the vocabulary) dropped.
+                       tuple(r[F.HISTORY_EXCLUDE]), r[F.HISTORY_LAST_TIME][0]))
+        # Item indices; x (outside the vocabulary) dropped; the newest known one's time.
         assert_that(history, equal_to([
-            (b"u1", (2, 3), (3, 2, 1, 0)), (b"u2", (0,), (0,))]), label="history")
+            (b"u1", (2, 3), (3, 2, 1, 0), 4), (b"u2", (0,), (0,), 9)]), label="history")
 
 
-def test_windows_carry_their_newest_span_and_time_and_spans_are_digested(tmp_path):
+def test_windows_carry_their_times_newest_span_and_time_and_spans_are_digested(tmp_path):
     # u1 in span 1 at t 1..3, span 2 at t 4..5 (eval at t 5); u2 in span 2 only.
     rows = [(b"u1", b"a", 1, 1), (b"u1", b"b", 2, 1), (b"u1", b"c", 3, 1),
             (b"u1", b"a", 4, 2), (b"u2", b"b", 6, 2)]
@@ -96,12 +98,13 @@ def test_windows_carry_their_newest_span_and_time_and_spans_are_digested(tmp_pat
         out = p | S.BuildUserSequences(str(tmp_path / "train" / "*"), str(tmp_path / "eval" / "*"),
                                        items, users, max_history=2, exclusion_cap=10)
         windows = out["train"] | "W" >> beam.Map(lambda r: (
-            r[F.WINDOW_USER][0], tuple(r[F.WINDOW_ITEMS]), r[F.WINDOW_SPAN][0],
-            r[F.WINDOW_TIME][0], r[F.WINDOW_TARGETS][0]))
+            r[F.WINDOW_USER][0], tuple(r[F.WINDOW_ITEMS]), tuple(r[F.WINDOW_TIMES]),
+            r[F.WINDOW_SPAN][0], r[F.WINDOW_TIME][0], r[F.WINDOW_TARGETS][0]))
         # u1's train items a b c a, windows of 3 from the newest: [b c a] (targets c@3
         # span 1, a@4 span 2), [PAD a b] (targets a@1, b@2, span 1); u2: [PAD PAD b].
-        assert_that(windows, equal_to([(0, (1, 2, 0), 2, 4, 2), (0, (-1, 0, 1), 1, 2, 2),
-                                       (1, (-1, -1, 1), 2, 6, 1)]), label="train")
+        assert_that(windows, equal_to([(0, (1, 2, 0), (2, 3, 4), 2, 4, 2),
+                                       (0, (-1, 0, 1), (0, 1, 2), 1, 2, 2),
+                                       (1, (-1, -1, 1), (0, 0, 6), 2, 6, 1)]), label="train")
         # An order-free digest: the sum of the rows' hashes, train and eval alike.
         digest = {s: sum(S.row_digest(u, i, t, 4.0) for u, i, t, span in rows + evals
                          if span == s) % (1 << 64) for s in (1, 2)}
@@ -130,8 +133,8 @@ def test_entity_table_counts_rows_and_keeps_features(tmp_path):
 
 
 def test_encoded_rows_round_trip_as_tf_examples():
-    [record] = S.encode_rows([{F.WINDOW_USER: [3], F.WINDOW_ITEMS: [-1, 4, 5]}],
-                             S.WINDOW_TYPES)
+    [record] = S.encode_rows([{F.WINDOW_USER: [3], F.WINDOW_ITEMS: [-1, 4, 5],
+                               F.WINDOW_TIMES: [0, 7, 9]}], S.WINDOW_TYPES)
     feats = tf.train.Example.FromString(record).features.feature
     assert list(feats[F.WINDOW_ITEMS].int64_list.value) == [-1, 4, 5]
     assert S.decode_columns([record], (F.WINDOW_USER,)) == {F.WINDOW_USER: [[3]]}

@@ -17,7 +17,7 @@ SIZES = {QUERY_FEATURES[0]: 5, QUERY_FEATURES[1]: 8, QUERY_FEATURES[2]: 3,
          QUERY_FEATURES[3]: 4, CANDIDATE_FEATURES[0]: 7, CANDIDATE_FEATURES[2]: 4}
 CFG = TrainerConfig(id_embedding_dim=4, feature_embedding_dim=2, tower_layers=(8, 8),
                     output_dim=4, dropout=0.0, feature_dropout=0.0, temperature=0.5, epochs=1,
-                    max_history=3, attention_heads=2)
+                    max_history=3, attention_heads=2, query_age=True)
 CATALOG = {CANDIDATE_FEATURES[0]: np.arange(6), CANDIDATE_FEATURES[1]: np.eye(6, 6,
            dtype=np.float32), CANDIDATE_FEATURES[2]: np.zeros(6, np.int64)}
 # Users 0..3 and the unknown user (last row, every feature in its OOV bucket).
@@ -25,13 +25,19 @@ USERS = np.array([[1, 0, 1], [2, 1, 0], [3, 0, 2], [4, 1, 3], [0, 2, 3]], np.int
 PROB = np.array([0.3, 0.2, 0.2, 0.1, 0.1, 0.05, 0.05], np.float32)
 # Windows of N + 1 = 4: valid targets are row 0 t=1 (0, empty history) and t=2 (1 after
 # 0); row 1 t=0..2 (3, 4, 5 after 2, 2 3, 2 3 4); row 2 t=2 (5, empty, unknown user).
+# Their times: targets 3 and 1 days before the reference time (row 0), 8, 7 and 0 days
+# (row 1), and one day after it (row 2: age 0, as in an eval window).
+DAY, REF = 86400, 100 * 86400
 WINDOWS = {F.WINDOW_ITEMS: np.array([[-1, -1, 0, 1], [2, 3, 4, 5], [-1, -1, -1, 5]]),
+           F.WINDOW_TIMES: np.array([[0, 0, REF - 3 * DAY, REF - DAY],
+                                     [REF - 9 * DAY, REF - 8 * DAY, REF - 7 * DAY, REF],
+                                     [0, 0, 0, REF + DAY]]),
            F.WINDOW_USER: np.array([[0], [1], [-1]])}
 
 
 def _model(cfg=CFG):
     query, candidate, encoder = build_towers(SIZES, cfg)
-    return SequenceRetrievalModel(query, candidate, encoder, cfg, PROB, CATALOG, USERS)
+    return SequenceRetrievalModel(query, candidate, encoder, cfg, PROB, CATALOG, USERS, REF)
 
 
 def test_towers_output_unit_vectors_of_configured_width():
@@ -39,6 +45,7 @@ def test_towers_output_unit_vectors_of_configured_width():
     c = model.candidate_tower({f: CATALOG[f] for f in CANDIDATE_FEATURES})
     feats = {f: np.zeros(2, np.int64) for f in QUERY_FEATURES}
     feats[HISTORY] = np.ones((2, 4), np.float32)
+    feats[F.QUERY_AGE] = feats[F.QUERY_GAP] = np.zeros((2, 1), np.float32)
     q = model.query_tower(feats)
     assert q.shape == (2, 4) and c.shape == (6, 4)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
@@ -77,13 +84,16 @@ def test_full_softmax_loss_is_next_item_cross_entropy_at_every_valid_position():
     model = _model()
     loss = float(model.compute_loss(WINDOWS))
     cands = model.candidate_tower({f: CATALOG[f] for f in CANDIDATE_FEATURES}).numpy()
-    # (row, history items, target) of each valid position; the unknown user is row 4.
-    positions = [(0, [], 0), (0, [0], 1), (1, [2], 3), (1, [2, 3], 4), (1, [2, 3, 4], 5),
-                 (4, [], 5)]
+    # (row, history items, target, days before REF, days since the history's newest
+    # item) of each valid position; the unknown user is row 4.
+    positions = [(0, [], 0, 3, 0), (0, [0], 1, 1, 2), (1, [2], 3, 8, 1), (1, [2, 3], 4, 7, 1),
+                 (1, [2, 3, 4], 5, 0, 7), (4, [], 5, 0, 0)]
     total = 0.0
-    for user, history, target in positions:
+    for user, history, target, days, gap in positions:
         feats = {name: USERS[user:user + 1, i] for i, name in enumerate(QUERY_FEATURES[1:])}
         feats[HISTORY] = (cands[history].mean(axis=0) if history else np.zeros(4))[None]
+        feats[F.QUERY_AGE] = np.array([[np.log1p(days)]], np.float32)
+        feats[F.QUERY_GAP] = np.array([[np.log1p(gap)]], np.float32)
         q = model.query_tower({k: tf.constant(v) for k, v in feats.items()}).numpy()[0]
         logits = cands @ q / CFG.temperature
         total += -(logits[target] - np.log(np.exp(logits).sum()))

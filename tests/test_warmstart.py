@@ -61,7 +61,8 @@ def _user(vocabs, gender, occupation, history):
     return {AGE: tf.constant([2], tf.int64),
             GENDER: tf.constant([vocabs[F.GENDER_VOCAB].index(gender)], tf.int64),
             OCCUPATION: tf.constant([vocabs[F.OCCUPATION_VOCAB].index(occupation)], tf.int64),
-            D.HISTORY: history}
+            D.HISTORY: history, F.QUERY_AGE: tf.constant([[1.5]]),
+            F.QUERY_GAP: tf.constant([[0.5]])}
 
 
 def test_carried_towers_give_old_items_and_users_the_same_vectors():

@@ -39,7 +39,7 @@ fresh = sigs["recommend_from_history"](
     history_item_ids=tf.constant([history + ["not-an-item", ""], history + ["", ""]]))
 given = sigs["recommend_given_history"](
     user_id=tf.constant([users[0]]), history_item_ids=tf.constant([history]),
-    exclude_item_ids=tf.constant([history]))
+    exclude_item_ids=tf.constant([history]), days_since_history=tf.constant([0.0]))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in _Block.BLOCKED)
 print(json.dumps({
     "signatures": sorted(sigs.keys()), "loaded": loaded,

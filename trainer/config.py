@@ -40,6 +40,17 @@ class TrainerConfig:
     # learns to answer from the user features alone: a new user described only by
     # them (``serve_tf_examples``), or one whose history says little about now.
     history_dropout: float = 0.1
+    # The query's age input (transform.features.QUERY_AGE): each training position is
+    # told how long before the newest train interaction it happened, and serving asks
+    # as of "now" (age 0): the "example age" of YouTube's recommender. Off: it did not
+    # move the global-time gate on MovieLens 100K, and on data whose users are each
+    # active for a short time it identifies the users of a period and costs recall on
+    # a per-user split (docs/model.md, "Time inputs").
+    query_age: bool = False
+    # The query's gap input (transform.features.QUERY_GAP): how long since the history's
+    # newest item. A user back after weeks wants what is new, not more of what they
+    # rated before the gap; training positions learn the difference from the real gaps.
+    query_gap: bool = True
     max_history: int = 50  # N: items per training window and in the served history
     exclusion_cap: int = 1000  # served model's excluded items per user, newest first
     dropout: float = 0.1

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -35,11 +36,14 @@ def artifact_root(pattern: str) -> str:
 
 
 def window_spec(max_history: int) -> Dict[str, tf.io.FixedLenFeature]:
-    """Training and eval windows; eval windows (and older ones) lack the span, time and
-    target count of the training windows, which then read as 0."""
+    """Training and eval windows; eval windows (and older ones) lack the span, time
+    and target count of the training windows, which then read as 0 (as do the times
+    of windows from before them)."""
     zero = tf.io.FixedLenFeature([1], tf.int64, default_value=[0])
     return {F.WINDOW_USER: tf.io.FixedLenFeature([1], tf.int64),
             F.WINDOW_ITEMS: tf.io.FixedLenFeature([max_history + 1], tf.int64),
+            F.WINDOW_TIMES: tf.io.FixedLenFeature([max_history + 1], tf.int64,
+                                                  default_value=[0] * (max_history + 1)),
             F.WINDOW_SPAN: zero, F.WINDOW_TIME: zero, F.WINDOW_TARGETS: zero}
 
 
@@ -126,6 +130,9 @@ class Catalog:
     num_examples: int
     unknown_user: np.ndarray = dataclasses.field(
         default_factory=lambda: np.zeros(3, np.int64))
+    # The newest train interaction's timestamp (SequenceGen's spans.json), the "now" of
+    # the query's age input; None for sequences from before it.
+    reference_time: Optional[int] = None
 
     @property
     def num_items(self) -> int:
@@ -165,6 +172,10 @@ def build_catalog(train_pattern: str, num_users: int, num_items: int, genre_widt
                   np.zeros(num_items, np.int64), np.zeros(num_users, np.int64),
                   np.zeros(num_users, np.int64), np.zeros(num_users, np.int64),
                   np.zeros(num_users, np.int64), 0, np.asarray(unknown_user, np.int64))
+    spans = os.path.join(artifact_root(train_pattern), F.SPANS_FILE)
+    if tf.io.gfile.exists(spans):
+        with tf.io.gfile.GFile(spans) as f:
+            cat.reference_time = json.load(f).get("train_last_time")
     count = tf.io.FixedLenFeature([1], tf.int64)
     item_spec = {ITEM_ID: tf.io.FixedLenFeature([1], tf.int64), F.ENTITY_COUNT: count,
                  CANDIDATE_FEATURES[1]: tf.io.FixedLenFeature([genre_width], tf.float32),

@@ -20,6 +20,7 @@ import tensorflow_recommenders as tfrs
 from trainer.config import TrainerConfig
 from trainer.data import CANDIDATE_FEATURES, HISTORY, ITEM_ID, QUERY_FEATURES, USER_ID
 from transform import features as F
+from transform.time_features import DAY, log_days
 
 keras = tf.keras  # tf_keras, because project_env sets TF_USE_LEGACY_KERAS=1
 
@@ -140,6 +141,11 @@ def query_categorical(sizes: Dict[str, int], cfg: TrainerConfig) -> Dict[str, in
     return {f: sizes[f] for f in names}
 
 
+def time_inputs(cfg: TrainerConfig) -> tuple:
+    """The query tower's ``[batch, 1]`` time inputs, in the order the tower reads them."""
+    return ((F.QUERY_AGE,) if cfg.query_age else ()) + ((F.QUERY_GAP,) if cfg.query_gap else ())
+
+
 def build_towers(sizes: Dict[str, int], cfg: TrainerConfig, max_len: Optional[int] = None):
     """``(query tower, candidate tower, history encoder)``; ``sizes`` gives the
     vocabulary size (OOV included) of each categorical feature."""
@@ -147,8 +153,8 @@ def build_towers(sizes: Dict[str, int], cfg: TrainerConfig, max_len: Optional[in
                                 cfg.attention_blocks, cfg.attention_heads, cfg.dropout,
                                 name="history_encoder")
                if cfg.encoder == "attention" else MeanEncoder(name="history_encoder"))
-    query = Tower(query_categorical(sizes, cfg), (), cfg, "query_tower", id_feature=USER_ID,
-                  passthrough=(HISTORY,))
+    query = Tower(query_categorical(sizes, cfg), time_inputs(cfg), cfg, "query_tower",
+                  id_feature=USER_ID, passthrough=(HISTORY,))
     candidate = Tower({f: sizes[f] for f in (CANDIDATE_FEATURES[0], CANDIDATE_FEATURES[2])},
                       (CANDIDATE_FEATURES[1],), cfg, "candidate_tower", id_feature=ITEM_ID)
     return query, candidate, encoder
@@ -163,11 +169,14 @@ class SequenceRetrievalModel(tfrs.Model):
       catalog_features: candidate-tower inputs of every catalog item ``[num_items]``.
       user_features: ``[num_users + 1, 3]`` demographic indices; the last row is the
         unknown user, which ``feature_dropout`` trains.
+      reference_time: the newest train interaction's timestamp, from which the
+        positions' ages are counted (``cfg.query_age``); None: every age is 0.
     """
 
     def __init__(self, query_tower: Tower, candidate_tower: Tower, encoder,
                  cfg: TrainerConfig, item_probability: np.ndarray,
-                 catalog_features: Dict[str, np.ndarray], user_features: np.ndarray) -> None:
+                 catalog_features: Dict[str, np.ndarray], user_features: np.ndarray,
+                 reference_time: Optional[int] = None) -> None:
         super().__init__()
         self.query_tower, self.candidate_tower, self.encoder = query_tower, candidate_tower, \
             encoder
@@ -178,6 +187,7 @@ class SequenceRetrievalModel(tfrs.Model):
         self.user_features = tf.constant(user_features, tf.int64)
         self.num_users = int(user_features.shape[0]) - 1
         self.full_softmax = self.num_items <= cfg.full_softmax_max_items
+        self.reference_time = reference_time
 
     def _candidates(self, ids: tf.Tensor, training: bool) -> tf.Tensor:
         feats = {f: tf.gather(self.catalog[f], ids) for f in CANDIDATE_FEATURES}
@@ -226,7 +236,13 @@ class SequenceRetrievalModel(tfrs.Model):
         users = tf.gather(tf.reshape(tf.cast(features[F.WINDOW_USER], tf.int64), [-1]),
                           pos[:, 0])
         q_in = self._query_features(users, training)
+        times = tf.cast(features[F.WINDOW_TIMES], tf.int64)
+        target_time = tf.gather_nd(times[:, 1:], pos)
+        if self.cfg.query_age:
+            q_in[F.QUERY_AGE] = self._age(target_time)
         q_in[HISTORY] = tf.gather_nd(encoded, pos)
+        # Days from the history's newest item (the input position's) to the target.
+        last_time = tf.where(tf.gather_nd(in_mask, pos), tf.gather_nd(times[:, :-1], pos), 0)
         if training and self.cfg.history_dropout:
             # The encoding of an empty history, as the served model computes it for a
             # user without one, in place of ``history_dropout`` of the positions'.
@@ -234,8 +250,21 @@ class SequenceRetrievalModel(tfrs.Model):
                                  training=training)[:, -1, :]
             drop = tf.random.uniform([tf.shape(pos)[0], 1]) < self.cfg.history_dropout
             q_in[HISTORY] = tf.where(drop, empty, q_in[HISTORY])
+            last_time = tf.where(drop[:, 0], tf.zeros_like(last_time), last_time)
+        if self.cfg.query_gap:
+            known = tf.logical_and(last_time > 0, target_time > 0)
+            q_in[F.QUERY_GAP] = log_days(tf.where(
+                known, tf.cast(tf.maximum(target_time - last_time, 0), tf.float32) / DAY, 0.0))
         queries = self.query_tower(q_in, training=training)
         return queries, tf.gather_nd(targets, pos), cand_ids, candidates, where
+
+    def _age(self, times: tf.Tensor) -> tf.Tensor:
+        """``[P]`` target timestamps -> ``[P, 1]`` log(1 + days before the reference
+        time); 0 for a target after it (eval windows) or without a time (0)."""
+        if self.reference_time is None:
+            return tf.zeros([tf.shape(times)[0], 1])
+        days = tf.cast(self.reference_time - times, tf.float32) / DAY
+        return log_days(tf.where(times > 0, days, 0.0))
 
     def logits(self, queries, targets, cand_ids, candidates, where,
                negatives: Optional[tf.Tensor] = None):

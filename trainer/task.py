@@ -22,7 +22,7 @@ from serving.savedmodel.fingerprint import model_fingerprint, write_fingerprint
 from serving.savedmodel.history import UserHistory, read_user_history
 from serving.savedmodel.warmup import MODEL_NAME
 from trainer import warmstart
-from trainer.model import SequenceRetrievalModel, build_towers, query_categorical
+from trainer.model import SequenceRetrievalModel, build_towers, query_categorical, time_inputs
 from trainer.optim import make_optimizer
 import layout
 from trainer.strategy import check_batch_size, is_chief, strategy_name, training_strategy
@@ -140,7 +140,8 @@ def training_model(query_tower, candidate_tower, encoder, cfg: TrainerConfig, si
                    catalog: D.Catalog) -> SequenceRetrievalModel:
     return SequenceRetrievalModel(query_tower, candidate_tower, encoder, cfg,
                                   item_sampling_probability(catalog, sizes[D.ITEM_ID]),
-                                  catalog.item_features(), catalog.user_features())
+                                  catalog.item_features(), catalog.user_features(),
+                                  catalog.reference_time)
 
 
 def export(export_dir: str, query_tower, candidate_tower, encoder,
@@ -186,7 +187,8 @@ def build_variables(towers, sizes: Dict[str, int], cfg: TrainerConfig,
     candidate({D.ITEM_ID: one, D.CANDIDATE_FEATURES[1]: tf.zeros([1, genre_width]),
                D.CANDIDATE_FEATURES[2]: one})
     encoded = encoder(tf.zeros([1, 2, cfg.output_dim]), tf.ones([1, 2], tf.bool))
-    query({**{f: one for f in query_categorical(sizes, cfg)}, D.HISTORY: encoded[:, -1]})
+    query({**{f: one for f in query_categorical(sizes, cfg)}, D.HISTORY: encoded[:, -1],
+           **{f: tf.zeros([1, 1]) for f in time_inputs(cfg)}})
 
 
 def warm_start_towers(towers, plan: warmstart.Plan, sizes: Dict[str, int],

@@ -49,7 +49,7 @@ KEEP_PUBLISHED = 3
 # batch size, ...) may change between warm runs.
 MODEL_FIELDS = ("id_embedding_dim", "feature_embedding_dim", "tower_layers", "output_dim",
                 "encoder", "attention_blocks", "attention_heads", "use_user_id",
-                "use_user_features", "max_history", "temperature")
+                "use_user_features", "query_age", "query_gap", "max_history", "temperature")
 TRANSFORM_FIELDS = ("num_oov_buckets", "genre_buckets", "year_buckets")
 # Vocabulary of each embedding table (or projection kernel) indexed by a vocabulary,
 # and how many out-of-vocabulary rows follow the vocabulary's own.

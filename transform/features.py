@@ -48,10 +48,12 @@ WINDOW_ITEMS = "items"  # [max_history + 1] item indices, oldest first, -1 pads 
 WINDOW_SPAN = "newest_span"  # [1] newest span among the window's targets
 WINDOW_TIME = "newest_time"  # [1] newest timestamp among the window's targets
 WINDOW_TARGETS = "targets"  # [1] number of targets (items after the first position)
+WINDOW_TIMES = "times"  # [max_history + 1] each item's timestamp, 0 pads (as the items)
 SPANS_FILE = "spans.json"  # SequenceGen's span digests (also kept beside a model's towers)
 HISTORY_USER = "user_id"  # raw user ID
 HISTORY_ITEMS = "history"  # item indices, the newest max_history, oldest first
 HISTORY_EXCLUDE = "exclude"  # item indices, distinct, newest first, up to exclusion_cap
+HISTORY_LAST_TIME = "last_time"  # [1] timestamp of the user's newest interaction
 ENTITY_COUNT = "count"  # rows of the train split per item or user index
 PAD_INDEX = -1
 
@@ -63,3 +65,10 @@ MODEL_USER_FEATURES = tuple(transformed_name(k) for k in USER_FEATURES)
 QUERY_FEATURES = (MODEL_USER_ID,) + MODEL_USER_FEATURES
 CANDIDATE_FEATURES = (MODEL_ITEM_ID,) + tuple(transformed_name(k) for k in ITEM_FEATURES)
 HISTORY = "history"  # the query tower's encoded-history input
+# The query tower's [batch, 1] "as of when" input: log(1 + days) from the position's
+# target to the newest train interaction while training, 0 ("now") when serving.
+QUERY_AGE = "query_age"
+# The query tower's [batch, 1] "how long since": log(1 + days) from the history's newest
+# item to the position's target while training; at serving, to the newest interaction
+# the model knows (0 when the request itself carries history items).
+QUERY_GAP = "query_gap"

@@ -88,7 +88,7 @@ def validation_split(users: np.ndarray, items: np.ndarray, times: np.ndarray,
     history, targets = (temporal_split(table, SplitConfig("per_user", cfg.target_fraction))
                         if len(table) else (np.zeros(0, np.int64),) * 2)
     return build_split(users[history], items[history], users[targets], items[targets],
-                       catalog, times[history])
+                       catalog, times[history], times[targets])
 
 
 def load_validation_split(examples_uri: str, catalog: Sequence[str],

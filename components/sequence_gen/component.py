@@ -8,11 +8,13 @@ Inputs: ExampleGen's raw ``examples`` (train and eval), Transform's
 split    one tf.Example per
 ======== ================================================================
 train    training window: ``user_xf`` [1], ``items`` [N + 1] (``-1`` pads),
-         its targets' ``newest_span``, ``newest_time`` and number ``targets``
+         their ``times`` [N + 1] (``0`` pads), its targets' ``newest_span``,
+         ``newest_time`` and number ``targets``
 eval     user with eval interactions: the newest N + 1 items of both splits
 items    catalog item: ``item_id_xf``, genres, year bucket, ``count``
 users    train user: ``user_id_xf``, demographic indices, ``count``
-history  user (raw ID): ``history`` (newest N, both splits), ``exclude``
+history  user (raw ID): ``history`` (newest N, both splits), ``exclude``,
+         ``last_time``
 ======== ================================================================
 
 ``spans.json`` at the top of the artifact holds every span's row count and digest

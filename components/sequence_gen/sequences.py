@@ -7,7 +7,7 @@ user's events, and sorted (train before eval at a tie, as the split put them) th
 yield:
 
 * **training windows** from the train split only: ``[N + 1]`` item indices, front
-  padded with ``PAD``. Position ``t`` predicts item ``t + 1`` from the items up to
+  padded with ``PAD``, and their timestamps (the query's "as of when"). Position ``t`` predicts item ``t + 1`` from the items up to
   ``t``; windows are cut from the newest end with one item of overlap, so every train
   interaction after a user's first is a target exactly once and the first is the
   target of the empty history. Each window also carries the newest span and timestamp
@@ -16,7 +16,8 @@ yield:
 * **eval windows**: the newest ``N + 1`` items of train and eval together, for users
   with eval interactions (validation loss only).
 * **history rows** keyed by raw user ID: the newest ``N`` item indices of train and
-  eval (oldest first), and the distinct ones, newest first, up to ``exclusion_cap``.
+  eval (oldest first), the distinct ones, newest first, up to ``exclusion_cap``, and
+  the newest one's timestamp.
   These become the served model's history and exclusion tables
   (``serving/savedmodel/history.py``).
 * **span digests**: per span, the row count, an order-free digest of the rows and
@@ -36,8 +37,9 @@ import pyarrow as pa
 from tfx_bsl.coders import example_coder
 
 from transform.features import (ENTITY_COUNT as COUNT, HISTORY_EXCLUDE, HISTORY_ITEMS,
+                                HISTORY_LAST_TIME,
                                 HISTORY_USER, PAD_INDEX as PAD, SPANS_FILE, WINDOW_ITEMS, WINDOW_SPAN,
-                                WINDOW_TARGETS, WINDOW_TIME, WINDOW_USER)
+                                WINDOW_TARGETS, WINDOW_TIME, WINDOW_TIMES, WINDOW_USER)
 
 TRAIN, EVAL = 0, 1
 NO_SPAN = 0  # rows of prepared data from before the span column
@@ -68,10 +70,12 @@ def windows(items: Sequence[int], length: int) -> Iterator[List[int]]:
 
 
 def span_windows(events: Sequence[Event], length: int) -> Iterator[Dict[str, List[int]]]:
-    """:func:`windows` of the events' items, each with its targets' newest span and time."""
+    """:func:`windows` of the events' items and their times, each with its targets'
+    newest span and time."""
     for window in windows(range(len(events)), length):
         targets = [events[i] for i in window[1:] if i != PAD]
         yield {WINDOW_ITEMS: [events[i][2] if i != PAD else PAD for i in window],
+               WINDOW_TIMES: [events[i][0] if i != PAD else 0 for i in window],
                WINDOW_SPAN: [max(e[3] for e in targets)],
                WINDOW_TIME: [max(e[0] for e in targets)], WINDOW_TARGETS: [len(targets)]}
 
@@ -229,21 +233,23 @@ class _UserSequences(beam.DoFn):
         for window in span_windows(train, self._n + 1):
             yield beam.pvalue.TaggedOutput("train", {WINDOW_USER: [user_index], **window})
         if any(e[1] == EVAL for e in events):
+            newest = events[-(self._n + 1):]
             yield beam.pvalue.TaggedOutput("eval", {
                 WINDOW_USER: [user_index],
-                WINDOW_ITEMS: _front_pad([e[2] for e in events[-(self._n + 1):]],
-                                         self._n + 1)})
+                WINDOW_ITEMS: _front_pad([e[2] for e in newest], self._n + 1),
+                WINDOW_TIMES: [0] * (self._n + 1 - len(newest)) + [e[0] for e in newest]})
         history, exclude = history_row(events, self._n, self._cap)
         yield beam.pvalue.TaggedOutput("history", {HISTORY_USER: [user],
                                                    HISTORY_ITEMS: history,
-                                                   HISTORY_EXCLUDE: exclude})
+                                                   HISTORY_EXCLUDE: exclude,
+                                                   HISTORY_LAST_TIME: [events[-1][0]]})
 
 
-WINDOW_TYPES = {WINDOW_USER: pa.int64(), WINDOW_ITEMS: pa.int64()}
+WINDOW_TYPES = {WINDOW_USER: pa.int64(), WINDOW_ITEMS: pa.int64(), WINDOW_TIMES: pa.int64()}
 TRAIN_WINDOW_TYPES = {**WINDOW_TYPES, WINDOW_SPAN: pa.int64(), WINDOW_TIME: pa.int64(),
                       WINDOW_TARGETS: pa.int64()}
 HISTORY_TYPES = {HISTORY_USER: pa.binary(), HISTORY_ITEMS: pa.int64(),
-                 HISTORY_EXCLUDE: pa.int64()}
+                 HISTORY_EXCLUDE: pa.int64(), HISTORY_LAST_TIME: pa.int64()}
 
 
 class _FirstAndCount(beam.CombineFn):

@@ -12,11 +12,13 @@ the same items for most users, so one table serves both:
   newest items, or a cap below ``max_history``). Empty rows everywhere else.
 
 Item indices are int16 when the catalog fits (under 32,768 items), else int32.
+``last_time`` holds each user's newest interaction timestamp, from which the query's
+gap input is counted (``transform.features.QUERY_GAP``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -33,6 +35,11 @@ class UserHistory:
     recent: np.ndarray  # [entries] int16 or int32 item indices
     override_indptr: np.ndarray  # [users + 1] int32
     override: np.ndarray
+    last_time: Optional[np.ndarray] = None  # [users] int64, 0 = unknown
+
+    def __post_init__(self) -> None:
+        if self.last_time is None:
+            self.last_time = np.zeros(len(self.user_ids), np.int64)
 
     @property
     def num_entries(self) -> int:
@@ -43,17 +50,19 @@ def index_dtype(num_items: int):
     return np.int16 if num_items <= np.iinfo(np.int16).max else np.int32
 
 
-def build_user_history(rows: Iterable[Tuple[bytes, Sequence[int], Sequence[int]]],
-                       max_history: int, num_items: int) -> UserHistory:
-    """``(user, history oldest first, exclusions newest first)`` rows of item indices
-    -> the tables. Rows may be lists or NumPy arrays; memory is the tables' own."""
+def build_user_history(rows: Iterable[Tuple], max_history: int, num_items: int
+                       ) -> UserHistory:
+    """``(user, history oldest first, exclusions newest first[, newest timestamp])``
+    rows of item indices -> the tables. Rows may be lists or NumPy arrays; memory is
+    the tables' own."""
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
     dtype = index_dtype(num_items)
     users: List[bytes] = []
-    recent_sizes, recent, override_sizes, override = [], [], [], []
-    for user, history, exclude in rows:
+    recent_sizes, recent, override_sizes, override, last_time = [], [], [], [], []
+    for user, history, exclude, *when in rows:
         users.append(user)
+        last_time.append(int(when[0]) if when else 0)
         ordered = np.asarray(exclude, dtype)[::-1]
         history = np.asarray(history, dtype)[-max_history:]
         recent.append(ordered)
@@ -68,14 +77,16 @@ def build_user_history(rows: Iterable[Tuple[bytes, Sequence[int], Sequence[int]]
                                           ).astype(np.int32)
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
     return UserHistory(users, indptr(recent_sizes), cat(recent), indptr(override_sizes),
-                       cat(override))
+                       cat(override), np.asarray(last_time, np.int64))
 
 
 def read_user_history(pattern: str, num_items: int, max_history: int) -> UserHistory:
     """SequenceGen's ``history`` split (gzip tf.Examples matching ``pattern``)."""
     spec = {F.HISTORY_USER: tf.io.FixedLenFeature([], tf.string),
             F.HISTORY_ITEMS: tf.io.RaggedFeature(tf.int64),
-            F.HISTORY_EXCLUDE: tf.io.RaggedFeature(tf.int64)}
+            F.HISTORY_EXCLUDE: tf.io.RaggedFeature(tf.int64),
+            # Rows from before the timestamp read 0 (unknown: no gap).
+            F.HISTORY_LAST_TIME: tf.io.FixedLenFeature([1], tf.int64, default_value=[0])}
     files = tf.io.gfile.glob(pattern)
     if not files:
         raise FileNotFoundError(f"no SequenceGen history rows match {pattern}")
@@ -88,7 +99,8 @@ def read_user_history(pattern: str, num_items: int, max_history: int) -> UserHis
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
         for batch in ds.map(lambda x: tf.io.parse_example(x, spec)):
             yield from zip(batch[F.HISTORY_USER].numpy(), split(batch[F.HISTORY_ITEMS]),
-                           split(batch[F.HISTORY_EXCLUDE]))
+                           split(batch[F.HISTORY_EXCLUDE]),
+                           batch[F.HISTORY_LAST_TIME].numpy()[:, 0])
 
     return build_user_history(rows(), max_history, num_items)
 

@@ -12,14 +12,20 @@ told to leave out:
   history, which an unknown user does not have; stored and request items are left out.
 * ``recommend_excluding(user_id, exclude_item_ids [batch, M])``: ``serving_default``
   that also leaves out the listed items.
-* ``recommend_given_history(user_id, history_item_ids, exclude_item_ids)``: the
-  query sees only the given history and only the given items are left out, so the
+* ``recommend_given_history(user_id, history_item_ids, exclude_item_ids,
+  days_since_history [batch])``: the query sees only the given history, as of the
+  given days after its newest item, and only the given items are left out, so the
   evaluator can score on a held-out split without its items leaking into the query.
 * ``serve_tf_examples(examples [batch] string)``: serialized tf.Examples with raw user
   features go through the Transform graph; history and exclusions as ``serving_default``.
   A new user whose example carries an age, gender or occupation is answered from
   those through the query tower (trained for it by ``feature_dropout`` and
   ``history_dropout``).
+
+The query is asked as of now: the time inputs the tower was trained with
+(``trainer.config``: ``query_age``, ``query_gap``) are age 0 and, for the gap, the days
+from the user's newest stored interaction to the newest interaction the model knows
+(0 when the request carries history items: they are the user's freshest).
 
 A user with neither a known ID, nor any history, nor (``serve_tf_examples``) any user
 feature gets the most popular items, scored by their share of train interactions. If
@@ -41,6 +47,7 @@ from serving.savedmodel.index import FloatIndex
 from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
 from transform.features import HISTORY, MODEL_USER_ID as USER_ID, QUERY_FEATURES
 from transform import features as F
+from transform.time_features import DAY, log_days
 
 SERVING_DEFAULT = "serving_default"
 RECOMMEND_FROM_HISTORY = "recommend_from_history"
@@ -115,6 +122,8 @@ class RetrievalModule(tf.Module):
         super().__init__(name="retrieval")
         self.index = index if hasattr(index, "scores") else FloatIndex(index)
         self.query_tower, self.encoder = query_tower, encoder
+        inputs = getattr(query_tower, "input_names", ())
+        self._asks_age, self._asks_gap = F.QUERY_AGE in inputs, F.QUERY_GAP in inputs
         self.example_features = example_features
         self.k = min(top_k, self.index.num_items)
         self.max_history = int(max_history)
@@ -136,19 +145,25 @@ class RetrievalModule(tf.Module):
         self.recent = _table(history.recent)
         self.override_indptr = tf.Variable(history.override_indptr, trainable=False)
         self.override = _table(history.override)
+        # Each user's newest interaction, and the newest of all: "now" for the gap.
+        self.last_time = _table(history.last_time.astype(np.int64))
+        self.now = tf.constant(int(history.last_time.max(initial=0)), tf.int64)
         self.history_users = len(history.user_ids)
         self._raw_spec = raw_serving_spec(raw_feature_spec)
 
     # -- pieces -------------------------------------------------------------------
-    def _stored(self, rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """``(history [batch, max_history] right-aligned, exclusions [batch, longest])``
-        item indices of history-table ``rows``, -1 padded (serving.savedmodel.history)."""
+    def _stored(self, rows: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(history [batch, max_history] right-aligned, exclusions [batch, longest],
+        days since the newest [batch])`` of history-table ``rows``; item indices -1
+        padded (serving.savedmodel.history), days 0 for a user without a stored time."""
         start, end = csr_bounds(self.recent_indptr, rows)
         o_start, o_end = csr_bounds(self.override_indptr, rows)
         history = tf.where((o_end > o_start)[:, tf.newaxis],
                            tail(self.override, o_start, o_end, self.max_history),
                            tail(self.recent, start, end, self.max_history))
-        return history, rows_of(self.recent, start, end)
+        last = tf.where(rows >= 0, tf.gather(self.last_time, tf.maximum(rows, 0)), 0)
+        days = tf.where(last > 0, tf.cast(self.now - last, tf.float32) / DAY, 0.0)
+        return history, rows_of(self.recent, start, end), days
 
     def _user_inputs(self, user_id: tf.Tensor, given: Optional[Dict] = None):
         """``({query feature: [batch] int64}, [batch] in the user vocabulary)``: the
@@ -176,13 +191,20 @@ class RetrievalModule(tf.Module):
     @tf.function(autograph=False, input_signature=[
         {name: tf.TensorSpec([None], tf.int64) for name in QUERY_FEATURES},
         tf.TensorSpec([None], tf.bool), tf.TensorSpec([None, None], tf.int64),
-        tf.TensorSpec([None, None], tf.int64)])
-    def _rank(self, inputs, known, history, exclusions):
+        tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.float32)])
+    def _rank(self, inputs, known, history, exclusions, days_since_history):
         """Top K of ``[batch]`` query-tower inputs and ``[batch, T]`` history item
-        indices, leaving out ``[batch, L]`` item indices (-1 pads both); popularity for a
-        user with neither a known ID nor any history."""
+        indices ``[batch]`` days after the newest of them, leaving out ``[batch, L]``
+        item indices (-1 pads both); popularity for a user with neither a known ID nor
+        any history."""
         inputs = dict(inputs)
         inputs[HISTORY] = self._encode(history)
+        if self._asks_age:
+            # Asked as of now: the age of the newest interactions the model trained on.
+            inputs[F.QUERY_AGE] = tf.zeros([tf.shape(history)[0], 1])
+        if self._asks_gap:
+            has_history = tf.reduce_any(history >= 0, axis=1)
+            inputs[F.QUERY_GAP] = log_days(tf.where(has_history, days_since_history, 0.0))
         scores = self.index.scores(self.query_tower(inputs, training=False))
         personal = tf.logical_or(known, tf.reduce_any(history >= 0, axis=1))
         cold = tf.broadcast_to(self.popularity[tf.newaxis, :], tf.shape(scores))
@@ -196,11 +218,13 @@ class RetrievalModule(tf.Module):
     def _recommend(self, user_id, extra_history, extra_exclude):
         """The stored history plus ``extra_history``; stored, extra and ``extra_exclude``
         items left out."""
-        stored, seen = self._stored(self.history_rows.lookup(user_id))
+        stored, seen, days = self._stored(self.history_rows.lookup(user_id))
         history = newest(tf.concat([stored, extra_history], axis=1), self.max_history)
         inputs, known = self._user_inputs(user_id)
+        # Items in the request are the user's freshest: no gap since them.
+        days = tf.where(tf.reduce_any(extra_history >= 0, axis=1), 0.0, days)
         return self._rank(inputs, known, history,
-                          tf.concat([seen, extra_history, extra_exclude], axis=1))
+                          tf.concat([seen, extra_history, extra_exclude], axis=1), days)
 
     def _item_index(self, item_ids: tf.Tensor) -> tf.Tensor:
         return self.item_table.lookup(item_ids)  # "" and unknown IDs -> -1
@@ -231,21 +255,25 @@ class RetrievalModule(tf.Module):
                                   tf.TensorSpec([None, None], tf.string,
                                                 name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.string,
-                                                name="exclude_item_ids")])
-    def recommend_given_history(self, user_id, history_item_ids, exclude_item_ids):
+                                                name="exclude_item_ids"),
+                                  tf.TensorSpec([None], tf.float32,
+                                                name="days_since_history")])
+    def recommend_given_history(self, user_id, history_item_ids, exclude_item_ids,
+                                days_since_history):
         history = newest(self._item_index(history_item_ids), self.max_history)
         inputs, known = self._user_inputs(user_id)
-        return self._rank(inputs, known, history, self._item_index(exclude_item_ids))
+        return self._rank(inputs, known, history, self._item_index(exclude_item_ids),
+                          days_since_history)
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_tf_examples(self, examples):
         raw = tf.io.parse_example(examples, self._raw_spec)
         user_id = tf.reshape(raw[F.USER_ID], [-1])
-        history, seen = self._stored(self.history_rows.lookup(user_id))
+        history, seen, days = self._stored(self.history_rows.lookup(user_id))
         inputs, known = self._user_inputs(user_id, self.example_features(raw))
         personal = tf.logical_or(known, described(raw, F.USER_FEATURES,
                                                   tf.shape(user_id)[0]))
-        return self._rank(inputs, personal, history, seen)
+        return self._rank(inputs, personal, history, seen, days)
 
     def signatures(self) -> dict:
         # tf.functions, not concrete functions: traced once, inside the save, instead of

@@ -54,6 +54,7 @@ class ServingTower(tf.Module):
         self.int8 = bool(int8)
         self._categorical = list(tower._categorical)
         self._dense_inputs = list(tower._dense)
+        self.input_names = tuple(self._categorical + self._dense_inputs)  # + passthrough
         self._passthrough = list(tower._passthrough)
         self.tables = {f: _Weights(tower.embeddings[f].embeddings.numpy(), int8, "row")
                        for f in self._categorical}
