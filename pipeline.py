@@ -111,6 +111,11 @@ def create_pipeline(cfg: PipelineConfig,
                     metadata_connection_config: Optional[object] = None) -> tfx.dsl.Pipeline:
     """Builds the whole pipeline: ingestion, validation, Transform, Trainer, the
     retrieval evaluator gate, compression and the Pusher."""
+    return _pipeline(cfg, _components(cfg), metadata_connection_config)
+
+
+def _components(cfg: PipelineConfig) -> List[Any]:
+    """Every component of the pipeline, wired, in the order they run."""
     example_gen = FileBasedExampleGen(
         input_base=cfg.data_root,
         input_config=example_gen_pb2.Input(splits=[
@@ -190,14 +195,46 @@ def create_pipeline(cfg: PipelineConfig,
     components = [example_gen, statistics_gen, schema_gen, example_validator,
                   validation_gate, transform, sequence_gen, latest_model, trainer, evaluator,
                   compressor, pusher]
+    return [c for c in components if c is not None]
+
+
+def _pipeline(cfg: PipelineConfig, components: List[Any],
+              metadata_connection_config: Optional[object]) -> tfx.dsl.Pipeline:
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.pipeline_name,
         pipeline_root=cfg.pipeline_root,
-        components=[c for c in components if c is not None],
+        components=components,
         enable_cache=cfg.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(cfg.beam_pipeline_args),
     )
+
+
+def create_sub_pipeline(cfg: PipelineConfig, component_ids: Sequence[str],
+                        metadata_connection_config: Optional[object] = None
+                        ) -> tfx.dsl.Pipeline:
+    """The components of ``create_pipeline(cfg)`` named in ``component_ids``, and no
+    other, e.g. ExampleGen through Transform to run the Beam steps alone.
+
+    The edges to the components left out are cut. Keep every component a kept one
+    reads an artifact from (Transform: ExampleGen and ImportSchemaGen); TFX only warns
+    when one is missing.
+    """
+    components = _components(cfg)
+    known = [c.id for c in components]
+    unknown = sorted(set(component_ids) - set(known))
+    if unknown:
+        raise ValueError(f"no component {', '.join(unknown)} in the pipeline; its "
+                         f"components are {', '.join(known)}")
+    keep = [c for c in components if c.id in component_ids]
+    for c in keep:
+        for up in list(c.upstream_nodes):
+            if up.id not in component_ids:
+                c.remove_upstream_node(up)
+        for down in list(c.downstream_nodes):
+            if down.id not in component_ids:
+                c.remove_downstream_node(down)
+    return _pipeline(cfg, keep, metadata_connection_config)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

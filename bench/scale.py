@@ -31,7 +31,6 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import warnings  # noqa: E402
 from typing import List, Optional, Sequence  # noqa: E402
 
 from bench.common import (StageResult, StageTimer, machine, self_max_rss_mb,  # noqa: E402
@@ -47,7 +46,7 @@ STAGES = ("generate", "prepare", "FileBasedExampleGen", "StatisticsGen", "Transf
 def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str],
                               stages: Sequence[str] = PIPELINE_STAGES):
     """The pipeline's ingestion, validation, Transform and SequenceGen components, and
-    nothing else."""
+    nothing else (``pipeline.create_sub_pipeline``)."""
     from tfx import v1 as tfx
     import pipeline as pipeline_def
     from runner import local
@@ -56,21 +55,7 @@ def ingest_transform_pipeline(root: str, data_root: str, beam_args: Sequence[str
                                       pipeline_name="scale-bench")
     connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(
         local.metadata_path(root))
-    full = pipeline_def.create_pipeline(cfg, connection)
-    keep = [c for c in full.components if c.id in stages]
-    for c in keep:  # cut the edges to the components left out (Trainer and after)
-        for up in list(c.upstream_nodes):
-            if up.id not in stages:
-                c.remove_upstream_node(up)
-        for down in list(c.downstream_nodes):
-            if down.id not in stages:
-                c.remove_downstream_node(down)
-    with warnings.catch_warnings():  # "not found from the registry": taken from `full`
-        warnings.filterwarnings("ignore", message="Component .* is not found from the registry")
-        return tfx.dsl.Pipeline(pipeline_name=cfg.pipeline_name, pipeline_root=root,
-                                components=keep, enable_cache=False,
-                                metadata_connection_config=connection,
-                                beam_pipeline_args=list(beam_args)), connection
+    return pipeline_def.create_sub_pipeline(cfg, stages, connection), connection
 
 
 class Watchdog:

@@ -1,6 +1,9 @@
 """The benchmark scripts' building blocks (the benchmarks themselves are not run in CI)."""
 import json
 import os
+import warnings
+
+import pytest
 
 from bench import common
 
@@ -11,13 +14,25 @@ def test_ingest_transform_pipeline_is_the_pipelines_own_components(tmp_path):
     pipe, _ = ingest_transform_pipeline(str(tmp_path / "root"), str(tmp_path / "data"),
                                         ["--direct_num_workers=1"])
     assert [c.id for c in pipe.components] == list(PIPELINE_STAGES)
-    # It compiles: no edge left to a component outside the sub-pipeline.
-    compiled = compiler.Compiler().compile(pipe)
+    # It compiles: no edge left to a component outside the sub-pipeline. And TFX knows
+    # its components (it warned "not found from the registry" for each one that a
+    # first, whole Pipeline had owned).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = compiler.Compiler().compile(pipe)
+    assert not [w for w in caught if "not found from the registry" in str(w.message)]
     assert {n.pipeline_node.node_info.id for n in compiled.nodes} == set(PIPELINE_STAGES)
     only_gen, _ = ingest_transform_pipeline(str(tmp_path / "r2"), str(tmp_path / "data"),
                                             [], ("FileBasedExampleGen",))
     compiler.Compiler().compile(only_gen)
 
+
+
+def test_sub_pipeline_names_an_unknown_component(tmp_path):
+    import pipeline
+    cfg = pipeline.PipelineConfig(pipeline_root=str(tmp_path), data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="no component Transfrom in the pipeline"):
+        pipeline.create_sub_pipeline(cfg, ("FileBasedExampleGen", "Transfrom"))
 
 def test_stage_timer_records_time_memory_and_extras(tmp_path):
     timer = common.StageTimer(heartbeat=0)
