@@ -54,7 +54,6 @@ class _Task:
         self.deadline = deadline  # time.monotonic() value, None = no deadline
         self.outputs: Optional[Arrays] = None
         self.error: Optional[BaseException] = None
-        self.batch_size = 0  # rows of the batch it ran in (padding included)
         self.done = threading.Event()
 
 
@@ -123,6 +122,9 @@ class BatchScheduler:
         task = _Task(inputs, _batch_size(inputs), deadline)
         self._schedule((id(owner), key), owner, run, task)
         task.done.wait()
+        if isinstance(task.error, RequestError):
+            # A copy per request: the batch's requests raise it in their own threads.
+            raise RequestError(task.error.code, task.error.message)
         if task.error is not None:
             raise task.error
         return task.outputs
@@ -251,12 +253,11 @@ class BatchScheduler:
             s.sizes[padded] = s.sizes.get(padded, 0) + 1
             s.failed_batches += failed
         for t in tasks:
-            t.batch_size = padded
             t.done.set()
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
-    """The requests's rows (dimension 0, equal for every input), as ``ComputeTensorBatchSize``."""
+    """The request's rows (dimension 0, equal for every input), as ``ComputeTensorBatchSize``."""
     if not inputs:
         raise invalid("Batching Run() must have at least one input tensor")
     sizes = set()
