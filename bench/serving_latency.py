@@ -25,6 +25,7 @@ import project_env  # noqa: F401  (before TensorFlow)
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import threading
@@ -209,6 +210,12 @@ def main(argv=None) -> int:
     p.add_argument("--intra-op-parallelism", type=int, default=0,
                    help="TensorFlow threads per op, in the server and the direct calls alike")
     p.add_argument("--inter-op-parallelism", type=int, default=0)
+    p.add_argument("--batching-parameters", metavar="FILE",
+                   help="serve with --enable_batching and this BatchingParameters file "
+                        "(e.g. manifests/base/serving-config/batching_parameters.txt)")
+    p.add_argument("--server-args", default="",
+                   help="more arguments for python -m serving.server (one string, "
+                        "shell-quoted), e.g. \"--max-workers 32\"")
     p.add_argument("--output", help="write the figures as JSON here")
     a = p.parse_args(argv)
     levels = [int(c) for c in a.concurrency.split(",")]
@@ -242,21 +249,37 @@ def main(argv=None) -> int:
         results["direct"][str(c)] = run_level(direct, users, c, a.seconds, a.warmup_seconds)
         _print("direct", c, results["direct"][str(c)])
 
+    server_args = ["--intra-op-parallelism", str(a.intra_op_parallelism),
+                   "--inter-op-parallelism", str(a.inter_op_parallelism)]
+    if a.batching_parameters:
+        server_args += ["--enable_batching", f"--batching_parameters_file="
+                        f"{os.path.abspath(a.batching_parameters)}"]
+        with open(a.batching_parameters) as f:
+            results["batching_parameters"] = f.read()
+    server_args += shlex.split(a.server_args)
+    results["server_args"], results["server_batching"] = server_args, {}
     base = os.path.join(a.work_dir, "base-" + str(os.getpid()))
     os.makedirs(base, exist_ok=True)
     link = os.path.join(base, "1")
     if not os.path.exists(link):
         os.symlink(model_dir, link)
-    server = ServerProcess(base, ["--intra-op-parallelism", str(a.intra_op_parallelism),
-                                  "--inter-op-parallelism", str(a.inter_op_parallelism)])
     try:
-        print(f"[bench] served by serving.server on {server.address}", flush=True)
+        # A server per level: its batching summary (printed when it stops) is that level's.
         for c in levels:
-            results["served"][str(c)] = run_level(grpc_caller(server.address, a.timeout, users),
-                                                  users, c, a.seconds, a.warmup_seconds)
-            _print("served", c, results["served"][str(c)])
+            server = ServerProcess(base, server_args)
+            try:
+                print(f"[bench] served by serving.server on {server.address}", flush=True)
+                results["served"][str(c)] = run_level(
+                    grpc_caller(server.address, a.timeout, users), users, c, a.seconds,
+                    a.warmup_seconds)
+                _print("served", c, results["served"][str(c)])
+            finally:
+                server.stop()
+            summary = [line for line in server.lines if line.startswith("[serving] batching: ")]
+            if summary:
+                results["server_batching"][str(c)] = summary[-1].split(": ", 1)[1].strip()
+                print(f"[bench] server batching c={c}: {results['server_batching'][str(c)]}")
     finally:
-        server.stop()
         os.unlink(link)
         os.rmdir(base)
     for c in levels:

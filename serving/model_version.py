@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from serving.batching import BatchScheduler
 from serving.errors import RequestError, failed_precondition, invalid
 from serving.tensors import to_ndarray, to_tensor_proto
 
@@ -66,31 +68,48 @@ class LoadedVersion:
                    functions=dict(model.signatures),
                    signature_defs=read_signature_defs(path))
 
-    def predict(self, request: predict_pb2.PredictRequest,
-                model_name: str) -> predict_pb2.PredictResponse:
+    def predict(self, request: predict_pb2.PredictRequest, model_name: str,
+                batcher: Optional[BatchScheduler] = None,
+                deadline: Optional[float] = None) -> predict_pb2.PredictResponse:
+        """Checks and answers ``request``; with ``batcher``, in a batch with the
+        concurrent requests for the same signature and outputs of this version."""
         name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = self.signature_defs.get(name)
-        function = self.functions.get(name)
-        if signature is None or function is None:
+        if signature is None or name not in self.functions:
             raise failed_precondition(f'Serving signature key "{name}" not found.')
         inputs = self._inputs(name, signature, request)
-        aliases = self._output_aliases(signature, request)
-        try:
-            outputs = function(**inputs)
-        except tf.errors.OpError as e:
-            # e.g. a malformed tf.Example in serve_tf_examples: TF's own status code.
-            raise RequestError(_grpc_code(e), f"{type(e).__name__}: {e.message}") from e
+        aliases = tuple(self._output_aliases(signature, request))
+
+        def run(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+            return self._run(name, signature, aliases, arrays)
+
+        if batcher is None:
+            outputs = run(inputs)
+        else:
+            outputs = batcher.run(self, (name, aliases), run, inputs, deadline)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model_name
         response.model_spec.signature_name = name
         response.model_spec.version.value = self.version
         for alias in aliases:
-            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias].numpy()))
+            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias]))
         return response
+
+    def _run(self, name: str, signature: meta_graph_pb2.SignatureDef, aliases: Sequence[str],
+             arrays: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The signature's ``aliases`` outputs for ``arrays`` (NumPy in, NumPy out)."""
+        tensors = {key: tf.constant(value, dtype=tf.as_dtype(signature.inputs[key].dtype))
+                   for key, value in arrays.items()}
+        try:
+            outputs = self.functions[name](**tensors)
+        except tf.errors.OpError as e:
+            # e.g. a malformed tf.Example in serve_tf_examples: TF's own status code.
+            raise RequestError(_grpc_code(e), f"{type(e).__name__}: {e.message}") from e
+        return {alias: outputs[alias].numpy() for alias in aliases}
 
     @staticmethod
     def _inputs(name: str, signature: meta_graph_pb2.SignatureDef,
-                request: predict_pb2.PredictRequest) -> Dict[str, tf.Tensor]:
+                request: predict_pb2.PredictRequest) -> Dict[str, np.ndarray]:
         sent, expected = set(request.inputs), set(signature.inputs)
         if sent != expected:
             raise invalid(
@@ -115,7 +134,7 @@ class LoadedVersion:
                 shown = ["None" if d == -1 else str(d) for d in expected_shape]
                 raise invalid(f"input '{key}' of signature '{name}' must have shape "
                               f"[{', '.join(shown)}], got {list(array.shape)}")
-            tensors[key] = tf.constant(array, dtype=tf.as_dtype(info.dtype))
+            tensors[key] = array
         return tensors
 
     @staticmethod

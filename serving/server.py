@@ -1,13 +1,16 @@
 """A local stand-in for ``tensorflow_model_server`` (development and tests only).
 
     python -m serving.server --model-base-path DIR [--model-name recommender] [--port 8500]
+        [--enable_batching [--batching_parameters_file FILE]]
 
 Speaks TensorFlow Serving's gRPC API for what users of this project touch:
 ``PredictionService.Predict``, ``PredictionService.GetModelMetadata`` (the
 SignatureDefMap) and ``ModelService.GetModelStatus``. It serves the newest version
 under ``DIR``, polls for new ones, replays their warm-up requests and switches
-without dropping requests in flight. Anything that matters (latency, batching,
-Prometheus metrics) must be checked with the real server; see the README.
+without dropping requests in flight. With ``--enable_batching`` it merges concurrent
+Predicts as TF Serving does (``serving/batching.py``), reading the same
+``BatchingParameters`` file. Anything that matters (latency, Prometheus metrics)
+must be checked with the real server; see the README.
 """
 from __future__ import annotations
 
@@ -18,15 +21,19 @@ import dataclasses
 import signal
 import sys
 import threading
+import time
 import traceback
 from concurrent import futures
 from typing import Callable, Optional, Sequence, Tuple
 
 import grpc
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, prediction_service_pb2_grpc)
 
+from serving.batching import BatchScheduler
+from serving.batching_config import BatchingOptions, read_batching_parameters
 from serving.errors import RequestError, invalid
 from serving.version_manager import VersionManager
 
@@ -90,12 +97,21 @@ def _answer(context, call):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata; Classify, Regress and MultiInference are UNIMPLEMENTED."""
 
-    def __init__(self, manager: VersionManager) -> None:
+    def __init__(self, manager: VersionManager,
+                 batcher: Optional[BatchScheduler] = None) -> None:
         self._manager = manager
+        self._batcher = batcher
 
     def Predict(self, request, context):
-        return _answer(context, lambda: self._manager.resolve(request.model_spec).predict(
-            request, self._manager.model_name))
+        return _answer(context, lambda: self._predict(request, context))
+
+    def _predict(self, request, context):
+        loaded = self._manager.resolve(request.model_spec)
+        if self._batcher is None:
+            return loaded.predict(request, self._manager.model_name)
+        remaining = context.time_remaining()  # None: the client set no deadline
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return loaded.predict(request, self._manager.model_name, self._batcher, deadline)
 
     def GetModelMetadata(self, request, context):
         return _answer(context, lambda: self._metadata(request))
@@ -166,6 +182,7 @@ class ServerConfig:
     ssl_key: Optional[str] = None
     intra_op_parallelism: int = 0  # 0: TensorFlow's default (one thread per core)
     inter_op_parallelism: int = 0
+    batching: Optional[BatchingOptions] = None  # None: every request runs on its own
 
 
 class LocalModelServer:
@@ -178,13 +195,15 @@ class LocalModelServer:
             tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism)
         if config.inter_op_parallelism:
             tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_parallelism)
-        self.manager = VersionManager(config.model_name, config.model_base_path,
-                                      config.num_versions, log=_log)
+        self.batcher = BatchScheduler(config.batching) if config.batching else None
+        self.manager = VersionManager(
+            config.model_name, config.model_base_path, config.num_versions, log=_log,
+            on_unload=self.batcher.close if self.batcher else lambda version: None)
         # so_reuseport=0: a second server on a busy port must fail, not share it.
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
                                  options=[("grpc.so_reuseport", 0)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager), self._grpc)
+            PredictionServicer(self.manager, self.batcher), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.manager), self._grpc)
         self._stop = threading.Event()
@@ -209,6 +228,8 @@ class LocalModelServer:
         self._grpc.start()
         self._poller.start()
         versions = ", ".join(map(str, self.manager.serving_versions)) or "none yet"
+        if self.batcher:
+            _log(f"[serving] batching: {self.config.batching}")
         _log(f"[serving] serving model '{self.config.model_name}' version {versions} "
              f"on port {self.port} (gRPC{', TLS' if self.config.ssl_cert else ''})")
         return self.port
@@ -226,6 +247,9 @@ class LocalModelServer:
         """Refuses new requests, lets those in flight finish (up to the grace period)."""
         self._stop.set()
         self._grpc.stop(self.config.grace_seconds).wait()
+        if self.batcher:
+            self.batcher.stop()
+            _log(f"[serving] batching: {self.batcher.stats().summary()}")
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
@@ -251,7 +275,22 @@ def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
     p.add_argument("--inter-op-parallelism", type=int, default=0,
                    help="ops run at once per call (TF Serving: "
                         "--tensorflow_inter_op_parallelism; 0 = TensorFlow's default)")
+    # TF Serving's own flag names, so the manifests' arguments work here unchanged.
+    p.add_argument("--enable_batching", "--enable-batching", nargs="?", const=True,
+                   default=False, type=_flag_bool, metavar="true|false",
+                   help="merge concurrent Predicts into batches, as tensorflow_model_server")
+    p.add_argument("--batching_parameters_file", "--batching-parameters-file",
+                   help="text-format BatchingParameters (default: TF Serving's defaults)")
     a = p.parse_args(argv)
+    batching = None
+    if a.enable_batching:
+        try:
+            batching = read_batching_parameters(a.batching_parameters_file)
+        except (OSError, ValueError, text_format.ParseError) as e:
+            p.error(f"--batching_parameters_file {a.batching_parameters_file}: {e}")
+    elif a.batching_parameters_file:
+        p.error("--batching_parameters_file is set without setting --enable_batching "
+                "(as tensorflow_model_server refuses it)")
     if bool(a.ssl_cert) != bool(a.ssl_key):
         p.error("--ssl-cert and --ssl-key go together")
     if a.num_versions < 1:
@@ -261,7 +300,17 @@ def _parse_args(argv: Optional[Sequence[str]]) -> ServerConfig:
                         poll_seconds=a.poll_seconds, max_workers=a.max_workers,
                         grace_seconds=a.grace_seconds, ssl_cert=a.ssl_cert, ssl_key=a.ssl_key,
                         intra_op_parallelism=a.intra_op_parallelism,
-                        inter_op_parallelism=a.inter_op_parallelism)
+                        inter_op_parallelism=a.inter_op_parallelism, batching=batching)
+
+
+def _flag_bool(text: str) -> bool:
+    """A gflags boolean value: ``--enable_batching=true`` (or 1, false, 0)."""
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -63,13 +63,16 @@ class VersionManager:
     """Serves the newest ``num_versions`` versions of one model under ``base_path``."""
 
     def __init__(self, model_name: str, base_path: str, num_versions: int = 1,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 on_unload: Callable[[LoadedVersion], None] = lambda version: None) -> None:
+        """``on_unload`` is called with each version no longer served, after the switch."""
         if num_versions < 1:
             raise ValueError(f"num_versions must be >= 1, got {num_versions}")
         self.model_name = model_name
         self.base_path = base_path
         self.num_versions = num_versions
         self._log = log
+        self._on_unload = on_unload
         # Replaced as a whole, never mutated: readers take one reference and keep it.
         self._serving: Mapping[int, LoadedVersion] = {}
         self._status: Dict[int, VersionStatus] = {}
@@ -132,10 +135,11 @@ class VersionManager:
         previous = sorted(self._serving)
         if sorted(keep) == previous:
             return
+        unloaded = [v for k, v in self._serving.items() if k not in keep]
         self._serving = keep  # the atomic switch
-        for version in previous:
-            if version not in keep:
-                self._status[version] = VersionStatus(State.END)
+        for version in unloaded:
+            self._status[version.version] = VersionStatus(State.END)
+            self._on_unload(version)
         if previous:
             self._log(f"[serving] switched {self.model_name} from version "
                       f"{', '.join(map(str, previous))} to {', '.join(map(str, sorted(keep)))}")

@@ -63,3 +63,21 @@ def test_table_aligns_and_formats():
 def test_machine_facts():
     facts = common.machine()
     assert facts["cpus"] >= 1 and len(facts["load_average_1_5_15"]) == 3
+
+
+def test_batch_cost_calls_the_signature_with_b_users_and_reports_per_user_figures():
+    import tensorflow as tf
+    from bench.serving_batch_cost import time_batches
+    seen = []
+
+    def signature(user_id):
+        seen.append(int(user_id.shape[0]))
+        return {"item_ids": tf.fill([user_id.shape[0], 3], "i"),
+                "scores": tf.zeros([user_id.shape[0], 3])}
+
+    out = time_batches(signature, ["u0", "u1", "u2"], [1, 4], seconds=0.01)
+    assert set(seen) == {1, 4} and seen.count(4) >= 3
+    four = out["4"]
+    assert four["calls"] >= 3
+    assert abs(four["ms_per_user"] - four["median_ms"] / 4) < 1e-9
+    assert abs(four["users_per_s"] - 4000 / four["median_ms"]) < 1e-6

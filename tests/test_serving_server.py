@@ -6,10 +6,12 @@ raw TensorFlow Serving stubs.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -240,6 +242,55 @@ def test_bad_requests_get_tf_serving_codes(stubs):
     # Still serving after all of that.
     ok = predict.Predict(_request({"user_id": _users("u0")}), timeout=10)
     assert ok.outputs["item_ids"].tensor_shape.dim[1].size == K
+
+
+def test_batching_with_the_manifests_parameters_gives_the_unbatched_answers(
+        server, pushed, tmp_path):
+    """``--enable_batching`` with the Deployment's batching_parameters.txt (its timeout
+    raised to 200 ms, so that a burst surely merges): concurrent requests of every
+    kind, histories and exclusions of different widths included, get what the
+    unbatched server answers."""
+    unbatched, _, version = server
+    source, _ = pushed
+    base = str(tmp_path / "recommender")
+    os.makedirs(base)
+    push_atomically(source, base, now=version)
+    text = (REPO_ROOT / "manifests" / "base" / "serving-config" /
+            "batching_parameters.txt").read_text()
+    params = tmp_path / "batching_parameters.txt"
+    params.write_text(re.sub(r"batch_timeout_micros \{ value: \d+ \}",
+                             "batch_timeout_micros { value: 200000 }", text))
+    batched = ServerProcess(base, ["--enable_batching", f"--batching_parameters_file={params}"])
+    asks = ([dict(user_ids=[u]) for u in ("u0", "u1", "u2", "no-such-user")]
+            + [dict(user_ids=["u0"], history_item_ids=[items])
+               for items in (["1"], ["2", "3"], ["4", "5", "6", "7"])]
+            + [dict(user_ids=["u1"], exclude_item_ids=[items])
+               for items in (["1"], ["2", "3", "4"])]
+            + [dict(user_ids=["u2", "u3"]) for _ in range(4)])
+
+    def ask_all(address):
+        with RecommenderClient(ClientConfig(server=address, retries=0)) as c:
+            barrier = threading.Barrier(len(asks))
+
+            def ask(kwargs):
+                barrier.wait()
+                return c.recommend(k=K, **kwargs)
+            with futures.ThreadPoolExecutor(len(asks)) as pool:
+                return list(pool.map(ask, asks))
+
+    try:
+        got, want = ask_all(batched.address), ask_all(unbatched.address)
+    finally:
+        assert batched.stop() == 0
+    for g, w in zip(got, want):
+        for a, b in zip(g, w):
+            assert a.user_id == b.user_id and a.model_version == b.model_version
+            assert a.item_ids[:10] == b.item_ids[:10]
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+    out = batched.output()
+    assert "pad_variable_length_inputs=True" in out and "num_batch_threads=2" in out
+    sizes = re.search(r"\[serving\] batching: .* sizes ([\dx, ]+)\)", out).group(1)
+    assert max(int(s.split("x")[0]) for s in sizes.split(", ")) > 1, out[-2000:]  # merged
 
 
 def _status(model_stub):
