@@ -11,6 +11,7 @@ from serving.savedmodel.tower import ServingTower
 from tests.test_trainer_model import CATALOG, QUERY_FEATURES, WINDOWS, _model
 from trainer.config import TrainerConfig
 from trainer.data import HISTORY
+from transform import features as F
 
 
 def test_quantize_rows_by_hand():
@@ -32,6 +33,9 @@ def test_serving_towers_match_the_keras_tower():
     query, candidate = model.query_tower, model.candidate_tower
     feats = {f: np.array([0, 1, 2, 1]) for f in QUERY_FEATURES}
     feats[HISTORY] = np.random.default_rng(3).normal(size=(4, 4)).astype(np.float32)
+    # The time inputs, log(1 + days): 0, a day, a week, a year.
+    feats[F.QUERY_AGE] = feats[F.QUERY_GAP] = np.log1p([[0.0], [1.0], [7.0], [365.0]]).astype(
+        np.float32)
     q_float = query(feats).numpy()
     np.testing.assert_allclose(ServingTower(query)(feats).numpy(), q_float, atol=1e-6)
     items = {f: v[:4] for f, v in CATALOG.items()}
