@@ -22,14 +22,17 @@ def ml100k_windows():
     item is a target, the oldest one with an empty history).
     Items are indexed among the ones these windows hold."""
     ratings = np.loadtxt(os.path.join(ML100K_DIR, "u.data"), dtype=np.int64)
-    raw = []
+    raw, times = [], []
     for user in range(1, USERS + 1):
         mine = ratings[ratings[:, 0] == user]
-        items = mine[np.argsort(mine[:, 3], kind="stable"), 1][-(2 + user % 7):]
-        raw.append(np.pad(items, (MAX_HISTORY + 1 - len(items), 0), constant_values=-1))
+        newest = mine[np.argsort(mine[:, 3], kind="stable")][-(2 + user % 7):]
+        pad = (MAX_HISTORY + 1 - len(newest), 0)
+        raw.append(np.pad(newest[:, 1], pad, constant_values=-1))
+        times.append(np.pad(newest[:, 3], pad, constant_values=0))
     raw = np.array(raw)
     vocab = np.unique(raw[raw > 0])
     windows = {F.WINDOW_ITEMS: np.where(raw > 0, np.searchsorted(vocab, raw), -1),
+               F.WINDOW_TIMES: np.array(times),  # the gap input sees real gaps
                F.WINDOW_USER: np.arange(USERS, dtype=np.int64)[:, None]}
     with open(os.path.join(ML100K_DIR, "u.item"), encoding="latin-1") as f:
         genres = {int(r[0]): [float(g) for g in r[-19:]]
