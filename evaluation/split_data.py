@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from transform.features import DAY_SECONDS
+
 
 @dataclasses.dataclass
 class SplitMatrices:
@@ -45,7 +47,7 @@ class SplitMatrices:
         if self.train_last_time is None or self.eval_first_time is None:
             raise ValueError("this split was built without timestamps")
         last, first = self.train_last_time[rows], self.eval_first_time[rows]
-        return np.where((last > 0) & (first > 0), (first - last) / 86400.0,
+        return np.where((last > 0) & (first > 0), (first - last) / DAY_SECONDS,
                         0.0).astype(np.float32)
 
     def train_history(self, row: int) -> np.ndarray:

@@ -68,6 +68,7 @@ HISTORY = "history"  # the query tower's encoded-history input
 # The query tower's [batch, 1] "as of when" input: log(1 + days) from the position's
 # target to the newest train interaction while training, 0 ("now") when serving.
 QUERY_AGE = "query_age"
+DAY_SECONDS = 86400.0  # both time inputs count days; the evaluator's gap too
 # The query tower's [batch, 1] "how long since": log(1 + days) from the history's newest
 # item to the position's target while training; at serving, to the newest interaction
 # the model knows (0 when the request itself carries history items).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-DAY = 86400.0  # seconds; both inputs count days
+from transform.features import DAY_SECONDS as DAY
 
 
 def log_days(days: tf.Tensor) -> tf.Tensor:
