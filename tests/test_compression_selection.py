@@ -174,3 +174,39 @@ def test_choose_on_the_validation_slice_takes_the_smallest_within_tolerance():
     assert choose([c, entry("d", 100, 0.05)], VALIDATION)["method"] == "d"
     with pytest.raises(ValueError, match="'test'"):
         choose([a], "test")
+
+
+def _judged(name, size, validation_drop, eval_drop, tolerance=0.02):
+    k = 2
+    return {"method": name, "size_bytes": size, "gzip_bytes": size, "weight_bytes": size,
+            "size_ratio": 1000 / size, "weight_size_ratio": 1000 / size,
+            "latency_ms_per_batch": 1.0, f"recall@{k}": 0.5, "recall@10": 0.5,
+            "recall_drop_relative": eval_drop, "within_tolerance": eval_drop <= tolerance,
+            f"{VALIDATION}_recall_drop_relative": validation_drop,
+            f"{VALIDATION}_within_tolerance": validation_drop <= tolerance,
+            f"{VALIDATION}_recall@{k}": 0.5, f"{VALIDATION}_recall@10": 0.5}
+
+
+def test_a_refused_first_choice_falls_back_to_the_next_the_slice_found_within():
+    original = _judged("original", 1000, 0.0, 0.0)
+    # The slice finds the student and the pruned teacher within 2%; the gate's split
+    # refuses the student (2.09%, as on the timeline's step 1) and passes the teacher.
+    student = _judged("student", 300, 0.015, 0.0209)
+    pruned = _judged("pruned", 600, 0.005, 0.012)
+    decision = decide(original, [pruned, student], 2, VALIDATION)
+    assert decision["method"] == "pruned" and decision["blessed"] is True
+    assert decision["fell_back_from"] == ["student"]
+    assert [t["chosen"] for t in decision["tried"]] == [False, True, False]
+    line = console_line({"gate_k": 2, "max_recall_drop": 0.02, **decision,
+                         VALIDATION: {"users": 6, "targets": 12}})
+    assert "falling back from student" in line and line.endswith("BLESSED")
+
+    # A candidate the slice put past the tolerance is never taken on the eval split's
+    # word, even though it would pass there: the first choice stays, refused.
+    outside = _judged("outside", 200, 0.03, 0.0)
+    decision = decide(original, [outside, student], 2, VALIDATION)
+    assert decision["method"] == "student" and decision["blessed"] is False
+    assert decision["fell_back_from"] == []
+    # When every candidate the slice allowed is refused, the report names the first.
+    decision = decide(original, [student, _judged("pruned", 600, 0.0, 0.03)], 2, VALIDATION)
+    assert decision["method"] == "student" and decision["blessed"] is False

@@ -8,6 +8,7 @@ drop at ``gate_k`` is within ``max_recall_drop`` **on the validation slice**
 (``validation.py``: sampled train users' newest train interactions, never the eval
 split; ``select.py``). The verdict is the gate's: the chosen model is blessed only if
 the evaluator blessed the original and its drop on the evaluator's eval split is
+within tolerance; a refused choice falls back to the next candidate the slice found
 within tolerance. ``report.py`` writes both splits' figures to ``compression.json``.
 """
 from __future__ import annotations

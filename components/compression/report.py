@@ -70,6 +70,9 @@ def console_line(report: Dict[str, Any]) -> str:
                  f"{100 * report[f'{VALIDATION}_recall_drop_relative']:.2f}%")
     else:
         line += " on the eval split (no validation slice)"
+    if report.get("fell_back_from"):
+        line += (f", falling back from {', '.join(report['fell_back_from'])} (past the "
+                 "tolerance on the gate's eval split)")
     return line + (f"; gate's eval split: recall@{k} drop "
                    f"{100 * report['recall_drop_relative']:.2f}% (tolerance "
                    f"{100 * report['max_recall_drop']:.2f}%): "
