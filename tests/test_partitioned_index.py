@@ -1,10 +1,11 @@
 """The partitioned candidate index: balanced lists, and the index's search and
-brute-force scores against NumPy."""
+brute-force scores against NumPy; the compact item-ID maps."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from serving.savedmodel.index import IndexConfig, auto_lists
+from serving.savedmodel.item_ids import ItemIds
 from serving.savedmodel.ivf import PartitionedIndex
 from serving.savedmodel.partition import balanced_assign, partition_catalog
 from serving.savedmodel.quantize import quantize_rows
@@ -75,3 +76,16 @@ def test_index_exact_is_brute_force_and_search_leaves_out_items():
                                rtol=1e-5)
     assert np.mean([len(set(a) & set(b)) / 50 for a, b in zip(items.numpy(), want)]) > 0.8
 
+
+# -- item IDs -------------------------------------------------------------------------
+@pytest.mark.parametrize("buckets", [2**63 - 1, 3])  # 3 buckets: every hash is shared
+def test_item_ids_map_both_ways_and_reject_unknown_ids(buckets):
+    ids = [b"a", b"bb", b"item-3", "\u00e9t\u00e9".encode(), b"x" * 40]
+    table = ItemIds(ids, hash_buckets=buckets)
+    assert table.same_hash == (1 if buckets > 3 else max(np.bincount(
+        tf.strings.to_hash_bucket_fast(ids, 3).numpy())))
+    got = table.index(tf.constant([[b"bb", b"", b"zz"],
+                                   [b"x" * 40, b"a", "\u00e9t\u00e9".encode()]]))
+    assert got.numpy().tolist() == [[1, -1, -1], [4, 0, 3]]
+    assert table.ids(tf.constant([2, -1, 4], tf.int64)).numpy().tolist() == \
+        [b"item-3", b"", b"x" * 40]
