@@ -24,7 +24,7 @@ from serving.savedmodel.index import NEG_INF
 from serving.savedmodel.partition import Partition
 from serving.savedmodel.quantize import quantize_rows
 
-_BUILD_LISTS = 4096  # lists quantized at a time (bounds the export's temporaries)
+_BUILD_ROWS = 1 << 17  # rows quantized at a time (bounds the export's temporaries)
 
 
 class PartitionedIndex(tf.Module):
@@ -48,15 +48,15 @@ class PartitionedIndex(tf.Module):
         dim = int(embeddings.shape[1])
         codes = np.zeros((lists, size, dim), np.int8 if int8 else np.float32)
         scale = np.zeros((lists, size), np.float32)
-        for lo in range(0, lists, _BUILD_LISTS):
-            items = partition.items[lo:lo + _BUILD_LISTS]
+        step = max(1, _BUILD_ROWS // size)
+        for lo in range(0, lists, step):
+            items = partition.items[lo:lo + step]
             where = np.nonzero(items >= 0)
             rows = np.asarray(embeddings[items[where]], np.float32)
             if int8:
-                codes[lo:lo + _BUILD_LISTS][where], scale[lo:lo + _BUILD_LISTS][where] = \
-                    quantize_rows(rows)
+                codes[lo:lo + step][where], scale[lo:lo + step][where] = quantize_rows(rows)
             else:
-                codes[lo:lo + _BUILD_LISTS][where] = rows
+                codes[lo:lo + step][where] = rows
         self.codes = tf.Variable(codes, trainable=False)
         del codes
         self.scale = tf.Variable(scale, trainable=False) if int8 else None
