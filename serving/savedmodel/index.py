@@ -102,8 +102,12 @@ class FloatIndex(_BruteForce, tf.Module):
         return tf.matmul(query, self.embeddings, transpose_b=True)
 
     def rows(self, ids: tf.Tensor) -> tf.Tensor:
-        """``[...]`` item indices -> ``[..., d]`` embeddings."""
-        return tf.gather(self.embeddings, ids)
+        """``[...]`` item indices -> ``[..., d]`` embeddings.
+
+        Gathered from the whole matrix as read for ``scores``, not from the variable:
+        a gather on the variable makes TensorFlow copy all of it on every later read
+        (copy-on-read), i.e. on every request."""
+        return tf.gather(tf.convert_to_tensor(self.embeddings), ids)
 
 
 class Int8Index(_BruteForce, tf.Module):

@@ -6,7 +6,9 @@ items, more than the int8 index itself. Here the IDs are one concatenated string
 offsets, and ID -> index is a binary search in the sorted 64-bit fingerprints of the
 IDs, confirmed against the stored ID (so an unknown ID can never match): about
 ``len(id) + 16`` bytes per item. Core ops only (``StringToHashBucketFast``,
-``LowerBound``, ``Substr``).
+``LowerBound``, ``Substr``). The string and the fingerprints are only read whole and
+the offsets and order only gathered: a variable read whole after a gather is copied
+on every read (copy-on-read).
 """
 from __future__ import annotations
 
@@ -73,8 +75,8 @@ class ItemIds(tf.Module):
         for j in range(self.same_hash):
             at = tf.minimum(first + j, self.num_items - 1)
             candidate = tf.cast(tf.gather(self.order, at), tf.int64)
-            match = tf.logical_and(tf.equal(tf.gather(self.sorted_hashes, at), hashes),
-                                   tf.equal(self.ids(candidate), flat))
+            # The stored ID decides: a neighbour with another hash cannot match it.
+            match = tf.equal(self.ids(candidate), flat)
             out = tf.where(tf.logical_and(out < 0, match), candidate, out)
         out = tf.where(tf.equal(flat, ""), tf.constant(-1, tf.int64), out)
         return tf.reshape(out, tf.shape(raw, out_type=tf.int64))

@@ -12,6 +12,10 @@ but its ops are not in the stock ``tensorflow_model_server``.
 ``exact`` scores every row, a chunk of lists at a time (again no float copy), so
 ``recommend_exact`` can measure what the probes miss; ``search`` falls back to it for
 a row whose probed lists leave fewer than ``k`` items.
+
+The stored rows are only ever gathered, never read whole: once a gather has touched a
+resource variable, TensorFlow copies all of it on every plain read (copy-on-read, to
+keep sparse updates safe), which cost 10 ms a request at 1M items.
 """
 from __future__ import annotations
 
@@ -69,9 +73,6 @@ class PartitionedIndex(tf.Module):
         self.chunk_lists = max(1, exact_chunk_rows // size)
 
     # -- rows ---------------------------------------------------------------------
-    def _flat(self, variable: tf.Variable, tail=()) -> tf.Tensor:
-        return tf.reshape(variable, [-1, *tail])
-
     def _scores(self, codes: tf.Tensor, scale: Optional[tf.Tensor], query: tf.Tensor):
         """``[n, d]`` stored rows, their ``[n]`` scales, ``[b, d]`` -> ``[b, n]``."""
         out = tf.matmul(query, tf.cast(codes, tf.float32), transpose_b=True)
@@ -79,10 +80,11 @@ class PartitionedIndex(tf.Module):
 
     def rows(self, ids: tf.Tensor) -> tf.Tensor:
         """``[...]`` item indices -> ``[..., d]`` float32 rows (dequantized)."""
-        at = tf.gather(self.position, tf.reshape(ids, [-1]))
-        out = tf.cast(tf.gather(self._flat(self.codes, [self.dim]), at), tf.float32)
+        at = tf.cast(tf.gather(self.position, tf.reshape(ids, [-1])), tf.int64)
+        slots = tf.stack([at // self.list_size, at % self.list_size], axis=1)
+        out = tf.cast(tf.gather_nd(self.codes, slots), tf.float32)
         if self.scale is not None:
-            out *= tf.gather(self._flat(self.scale), at)[:, tf.newaxis]
+            out *= tf.gather_nd(self.scale, slots)[:, tf.newaxis]
         return tf.reshape(out, tf.concat([tf.shape(ids), [self.dim]], axis=0))
 
     def _positions(self, exclusions: tf.Tensor) -> tf.Tensor:
@@ -154,11 +156,12 @@ class PartitionedIndex(tf.Module):
 
         def step(c, best_values, best_items):
             lo = c * self.chunk_lists
-            codes = self._flat(self.codes[lo:lo + self.chunk_lists], [self.dim])
+            lists = tf.range(lo, tf.minimum(lo + self.chunk_lists, self.num_lists))
+            codes = tf.reshape(tf.gather(self.codes, lists), [-1, self.dim])
             scale = None if self.scale is None else \
-                self._flat(self.scale[lo:lo + self.chunk_lists])
+                tf.reshape(tf.gather(self.scale, lists), [-1])
             scores = self._scores(codes, scale, query)
-            items = tf.cast(self._flat(self.items[lo:lo + self.chunk_lists]), tf.int64)
+            items = tf.cast(tf.reshape(tf.gather(self.items, lists), [-1]), tf.int64)
             scores = tf.where(items[tf.newaxis] >= 0, scores, NEG_INF)
             local = excluded - tf.cast(lo * self.list_size, tf.int64)
             inside = tf.where(tf.logical_and(

@@ -184,12 +184,12 @@ class RetrievalModule(tf.Module):
         ``exclusions``; rows of ``needed`` that leave out too much of the popular list
         get the whole catalog ranked."""
         batch = tf.shape(exclusions)[0]
-        candidates = tf.broadcast_to(self.popular_items[tf.newaxis],
-                                     tf.stack([batch, tf.size(self.popular_items)]))
+        popular = tf.convert_to_tensor(self.popular_items)  # one read, gathered as a tensor
+        candidates = tf.broadcast_to(popular[tf.newaxis], tf.stack([batch, tf.size(popular)]))
         scores = tf.where(is_listed(candidates, exclusions), NEG_INF,
                           self.popular_share[tf.newaxis, :])
         top = tf.math.top_k(scores, k=self.k, sorted=True)
-        values, items = top.values, tf.gather(self.popular_items, top.indices)
+        values, items = top.values, tf.gather(popular, top.indices)
         if int(self.popular_items.shape[0]) == self.index.num_items:
             return values, items
         short = tf.logical_and(tf.reduce_any(tf.math.is_inf(values), axis=1), needed)
