@@ -119,6 +119,11 @@ def save_serving_module(module: RetrievalModule, export_dir: str, index_report: 
         report.update(recall_against_exact(module, recall_users))
         report["recall_seconds"] = round(time.perf_counter() - start, 1)
         report["recall_query_source"] = "serving_default vs recommend_exact, stored users"
+        recall = report["recall_vs_exact"]
+        print(f"[export] partitioned index: {report['lists']:,} lists of "
+              f"{report['list_size']}, {report['probes']} probed; recall@{report['k']} "
+              f"against brute force {'n/a' if recall is None else f'{recall:.4f}'} on "
+              f"{report['recall_queries']} stored users", flush=True)
     tf.saved_model.save(module, export_dir, signatures=module.signatures())
     write_warmup_requests(export_dir, model_name, warmup_users, warmup_items, exact=True)
     path = os.path.join(export_dir, INDEX_REPORT_FILE)
