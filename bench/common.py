@@ -67,6 +67,19 @@ def self_max_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def process_memory_mb(pid: int) -> Dict[str, float]:
+    """``{"rss_mb", "peak_rss_mb"}`` of a running process (``VmRSS`` and ``VmHWM`` of
+    ``/proc/<pid>/status``, Linux only)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = \
+                    round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
 def write_json(path: str, payload: dict) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

@@ -12,11 +12,18 @@ the signature called in this process (no gRPC, no serialization), and the server
 overhead is the ratio of the two. The server is ``python -m serving.server`` (the
 local stand-in), not ``tensorflow_model_server``.
 
-``--synthetic-items N`` builds a SavedModel with the same ``serving_default``
-signature over N random items: the project's int8 candidate index
-(``serving.savedmodel.index.Int8Index``, as in the pushed model; ``--index
-float`` for the Trainer's ``FloatIndex``), a user table, popularity cold start and
-top-100.
+``--synthetic-items N`` builds (once, under ``--work-dir``) a served model over N
+synthetic items with the export's own code (``bench/synthetic_catalog.py``): the
+candidate index the export picks by size (``--index auto``: partitioned from
+``IndexConfig.partitioned_min_items`` items on, int8 as pushed; ``int8`` or ``float``:
+brute force), ``RetrievalModule``'s signatures, 10,000 users with stored histories,
+popularity cold start, top-100. ``--embeddings clustered`` (default), ``weak`` or
+``uniform``: how clustered the item vectors are (``bench/synthetic_catalog.py``).
+
+Besides latency it reports the index's recall@100 against ``recommend_exact`` (on
+``--recall-users`` known users in this process, and the export's own figure from
+``assets.extra/candidate_index.json``) and the resident memory (VmRSS, VmHWM) of the
+server process after loading and after the run, and of this process.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import project_env  # noqa: F401  (before TensorFlow)
 
 import argparse
 import json
+import multiprocessing
 import os
 import shlex
 import sys
@@ -39,62 +47,25 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+from bench.common import process_memory_mb  # noqa: E402
+from bench.synthetic_catalog import build_synthetic  # noqa: E402
+from serving.savedmodel.export import read_index_report  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
 K = 100
 
 
 # --- the model under test -----------------------------------------------------
-class SyntheticCatalogModel(tf.Module):
-    """``serving_default(user_id [B]) -> item_ids, scores [B, K]`` over a random catalog."""
-
-    def __init__(self, num_items: int, num_users: int, dim: int, seed: int,
-                 index: str = "int8") -> None:
-        super().__init__()
-        from serving.savedmodel.index import Int8Index
-        from serving.savedmodel.index import FloatIndex
-        rng = np.random.default_rng(seed)
-
-        def unit(n):
-            x = rng.standard_normal((n, dim)).astype(np.float32)
-            return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-        self.index = (Int8Index if index == "int8" else FloatIndex)(unit(num_items))
-        self.users = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            tf.constant([f"u{i}" for i in range(num_users)]),
-            tf.range(num_users, dtype=tf.int64)), -1)
-        self.user_embeddings = tf.Variable(unit(num_users), trainable=False)
-        popularity = np.sort(rng.zipf(1.3, num_items).astype(np.float32))[::-1]
-        self.popularity = tf.Variable(popularity / popularity.sum(), trainable=False)
-        self.num_users = num_users
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
-    def serve(self, user_id):
-        row = self.users.lookup(user_id)
-        known = row >= 0
-        query = tf.gather(self.user_embeddings, tf.maximum(row, 0))
-        scores = self.index.scores(query)
-        cold = tf.broadcast_to(self.popularity[tf.newaxis, :], tf.shape(scores))
-        top = tf.math.top_k(tf.where(known[:, tf.newaxis], scores, cold), k=K)
-        return {"item_ids": tf.strings.join(["item", tf.strings.as_string(top.indices)]),
-                "scores": top.values}
-
-
-def build_synthetic(num_items: int, work_dir: str, index: str = "int8",
-                    num_users: int = 10_000, dim: int = 64, seed: int = 0) -> str:
-    """Saves (once) the synthetic model as ``work_dir/1``; returns that directory."""
-    from serving.savedmodel.warmup import write_warmup_requests
-    path = os.path.join(work_dir, "1")
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    start = time.perf_counter()
-    model = SyntheticCatalogModel(num_items, num_users, dim, seed, index)
-    tf.saved_model.save(model, path + ".tmp", signatures={"serving_default": model.serve})
-    write_warmup_requests(path + ".tmp", "recommender", ["u0", "u1"])
-    os.rename(path + ".tmp", path)
-    print(f"[bench] built a {num_items:,}-item synthetic model in "
-          f"{time.perf_counter() - start:.1f} s: {path}", flush=True)
-    return path
+def build_in_child(num_items: int, work_dir: str, **settings) -> str:
+    """``synthetic_catalog.build_synthetic`` in a child process, so that the build's
+    memory (the float catalog, k-means) is returned before anything is measured."""
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=build_synthetic, args=(num_items, work_dir), kwargs=settings)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"building the synthetic catalog failed (exit {child.exitcode})")
+    return os.path.join(work_dir, "1")
 
 
 def user_ids_of(model_dir: str, count: int, seed: int = 0) -> List[str]:
@@ -161,9 +132,9 @@ def run_level(make_call: Callable[[], Callable[[str], None]], users: Sequence[st
     return _stats([x for per in latencies for x in per], seconds, sum(errors))
 
 
-def direct_caller(model_dir: str) -> Callable[[], Callable[[str], None]]:
+def direct_caller(model) -> Callable[[], Callable[[str], None]]:
     """The same signature in this process: tensor in, NumPy out (what a server must do)."""
-    function = tf.saved_model.load(model_dir).signatures["serving_default"]
+    function = model.signatures["serving_default"]
 
     def make():
         def call(user: str) -> None:
@@ -171,6 +142,27 @@ def direct_caller(model_dir: str) -> Callable[[], Callable[[str], None]]:
             out["item_ids"].numpy(), out["scores"].numpy()
         return call
     return make
+
+
+def recall_against_exact(model, users: Sequence[str], batch_size: int = 32) -> dict:
+    """Mean share of ``recommend_exact``'s top K that ``serving_default`` returns, over
+    ``users``, and the time of each signature per batch."""
+    if "recommend_exact" not in model.signatures:
+        return {}
+    shares, seconds = [], {"serving_default": [], "recommend_exact": []}
+    for lo in range(0, len(users), batch_size):
+        batch = tf.constant(list(users[lo:lo + batch_size]))
+        answers = {}
+        for name in seconds:
+            t0 = time.perf_counter()
+            answers[name] = model.signatures[name](user_id=batch)["item_ids"].numpy()
+            seconds[name].append(time.perf_counter() - t0)
+        for got, want in zip(answers["serving_default"], answers["recommend_exact"]):
+            want = set(want) - {b""}
+            shares.append(len(want & set(got)) / len(want))
+    return {f"recall@{K}": float(np.mean(shares)), "users": len(shares),
+            "batch_size": batch_size,
+            **{f"{name}_ms_per_batch": 1000 * float(np.median(v)) for name, v in seconds.items()}}
 
 
 def grpc_caller(address: str, timeout: float,
@@ -199,9 +191,14 @@ def main(argv=None) -> int:
     src.add_argument("--model-dir", help="a SavedModel version directory")
     src.add_argument("--pipeline-root", help="use run_summary.json's pushed_version_dir")
     src.add_argument("--synthetic-items", type=int, help="build a catalog of N random items")
-    p.add_argument("--index", choices=["int8", "float"], default="int8",
-                   help="candidate index of the synthetic model: the compressed model's "
-                        "Int8Index or the Trainer's FloatIndex")
+    p.add_argument("--index", choices=["auto", "int8", "float"], default="auto",
+                   help="candidate index of the synthetic model: the export's choice by "
+                        "size (int8), or brute force over int8 or float rows")
+    p.add_argument("--embeddings", choices=["clustered", "weak", "uniform"],
+                   default="clustered", help="synthetic item vectors (synthetic_catalog.py)")
+    p.add_argument("--lists", type=int, default=0, help="partitioned index lists (0: auto)")
+    p.add_argument("--probes", type=int, default=128, help="lists scored per query")
+    p.add_argument("--recall-users", type=int, default=1000)
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "serving_bench"))
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--seconds", type=float, default=10.0, help="measured time per level")
@@ -225,10 +222,11 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(a.inter_op_parallelism)
 
     if a.synthetic_items:
-        model_dir = build_synthetic(
-            a.synthetic_items,
-            os.path.join(a.work_dir, f"synthetic-{a.synthetic_items}-{a.index}"), a.index)
-        label = f"synthetic {a.synthetic_items:,} items, {a.index} index"
+        name = f"synthetic-{a.synthetic_items}-{a.embeddings}-{a.index}-l{a.lists}-p{a.probes}"
+        model_dir = build_in_child(a.synthetic_items, os.path.join(a.work_dir, name),
+                                   index=a.index, kind=a.embeddings, lists=a.lists,
+                                   probes=a.probes)
+        label = f"synthetic {a.synthetic_items:,} {a.embeddings} items, {a.index} index"
     else:
         model_dir = a.model_dir
         if a.pipeline_root:
@@ -243,8 +241,20 @@ def main(argv=None) -> int:
                "intra_op_parallelism": a.intra_op_parallelism,
                "inter_op_parallelism": a.inter_op_parallelism,
                "seconds_per_level": a.seconds, "direct": {}, "served": {}, "overhead": {}}
+    results["index"] = read_index_report(model_dir)
+    synthetic = os.path.join(model_dir, "assets.extra", "synthetic.json")
+    if os.path.exists(synthetic):
+        with open(synthetic) as f:
+            results["synthetic"] = json.load(f)
+    model = tf.saved_model.load(model_dir)
+    known = [u for u in users if not u.startswith("unknown-user-")]
+    print(f"[bench] {label}: recall against recommend_exact on {a.recall_users} users",
+          flush=True)
+    results["recall"] = recall_against_exact(model, known[:a.recall_users])
+    print(f"[bench] {json.dumps(results['recall'])}", flush=True)
+    results["memory"] = {"bench_process_after_load": process_memory_mb(os.getpid())}
     print(f"[bench] {label}: direct in-process calls", flush=True)
-    direct = direct_caller(model_dir)
+    direct = direct_caller(model)
     for c in levels:
         results["direct"][str(c)] = run_level(direct, users, c, a.seconds, a.warmup_seconds)
         _print("direct", c, results["direct"][str(c)])
@@ -269,10 +279,13 @@ def main(argv=None) -> int:
             server = ServerProcess(base, server_args)
             try:
                 print(f"[bench] served by serving.server on {server.address}", flush=True)
+                if c == levels[0]:
+                    results["memory"]["server_after_load"] = process_memory_mb(server.proc.pid)
                 results["served"][str(c)] = run_level(
                     grpc_caller(server.address, a.timeout, users), users, c, a.seconds,
                     a.warmup_seconds)
                 _print("served", c, results["served"][str(c)])
+                results["memory"][f"server_after_c{c}"] = process_memory_mb(server.proc.pid)
             finally:
                 server.stop()
             summary = [line for line in server.lines if line.startswith("[serving] batching: ")]
@@ -306,6 +319,17 @@ def _print(kind: str, c: int, s: Dict[str, float]) -> None:
 def _table(r: dict, levels: Sequence[int]) -> None:
     print(f"\n{r['model']} (load average {r['loadavg_start'][0]:.1f} -> "
           f"{r['loadavg_end'][0]:.1f} on {r['cpus']} CPUs)")
+    index = r.get("index") or {}
+    if index:
+        print(f"index: {index['kind']}, {index['storage']}" + (
+            f", {index['lists']} lists of {index['list_size']}, {index['probes']} probed; "
+            f"recall@{index['k']} vs exact at export {index['recall_vs_exact']:.4f}"
+            if index["kind"] == "partitioned" else ""))
+    if r.get("recall"):
+        print(f"recall@{K} vs recommend_exact here: {r['recall'][f'recall@{K}']:.4f} "
+              f"({r['recall']['users']} users)")
+    for where, m in r.get("memory", {}).items():
+        print(f"memory {where}: VmRSS {m['rss_mb']:.0f} MB, VmHWM {m['peak_rss_mb']:.0f} MB")
     print("| concurrency | p50 ms | p95 ms | p99 ms | req/s | direct p50 ms | direct req/s "
           "| overhead (p50 ratio) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -81,3 +81,19 @@ def test_batch_cost_calls_the_signature_with_b_users_and_reports_per_user_figure
     assert four["calls"] >= 3
     assert abs(four["ms_per_user"] - four["median_ms"] / 4) < 1e-9
     assert abs(four["users_per_s"] - 4000 / four["median_ms"]) < 1e-6
+
+
+def test_synthetic_catalog_is_a_served_model_from_the_export_code(tmp_path):
+    import tensorflow as tf
+    from bench.serving_latency import recall_against_exact
+    from bench.synthetic_catalog import build_synthetic
+    from serving.savedmodel.export import read_index_report
+    path = build_synthetic(3000, str(tmp_path), index="float", num_users=50,
+                           recall_users=10)
+    assert build_synthetic(3000, str(tmp_path)) == path  # built once
+    assert read_index_report(path)["kind"] == "brute_force"
+    model = tf.saved_model.load(path)
+    out = model.signatures["serving_default"](user_id=tf.constant(["u3", "nobody"]))
+    assert out["item_ids"].shape == (2, 100)
+    # Brute force: serving_default is recommend_exact.
+    assert recall_against_exact(model, ["u1", "u2", "u3"])["recall@100"] == 1.0

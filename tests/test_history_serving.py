@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from serving.savedmodel.history import build_user_history
 from serving.savedmodel.index import FloatIndex, Int8Index
+from serving.savedmodel.ivf import PartitionedIndex
+from serving.savedmodel.partition import partition_catalog
 from serving.savedmodel.module import RetrievalModule, newest
 from trainer.data import HISTORY
 from transform import features as F
@@ -30,14 +32,22 @@ def _lines(path, values):
     return str(path)
 
 
-@pytest.fixture(scope="module", params=["float", "int8"])
+def _index(kind: str):
+    if kind == "partitioned":
+        # Two lists, one probed: never 5 items, so every answer is the brute-force
+        # fallback's, over the int8 rows by list.
+        return PartitionedIndex(VECTORS, partition_catalog(VECTORS, 2), probes=1)
+    return FloatIndex(VECTORS) if kind == "float" else Int8Index(VECTORS)
+
+
+@pytest.fixture(scope="module", params=["float", "int8", "partitioned"])
 def module(request, tmp_path_factory):
     d = tmp_path_factory.mktemp("vocab")
     # u1 (in the user vocabulary) saw a; u2 (eval only, not in it) saw e; u3 saw
     # c, d, then c again: history c d c (an override row), exclusions c d.
     history = build_user_history([(b"u1", [0], [0]), (b"u2", [4], [4]),
                                   (b"u3", [2, 3, 2], [2, 3])], max_history=3, num_items=5)
-    index = FloatIndex(VECTORS) if request.param == "float" else Int8Index(VECTORS)
+    index = _index(request.param)
     return RetrievalModule(
         HistoryOnly(), MeanEncoder(), index, _lines(d / "items", ITEMS), _lines(d / "users", [b"u1"]),
         np.zeros((2, 3), np.int64), COUNTS, history, lambda raw: {},

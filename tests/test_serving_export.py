@@ -47,10 +47,16 @@ def test_only_tensorflow_was_needed(answers):
     assert got["loaded"] == []
     assert set(got["signatures"]) == {"serving_default", "serve_tf_examples",
                                       "recommend_excluding", "recommend_from_history",
-                                      "recommend_given_history"}
+                                      "recommend_given_history", "recommend_exact"}
     assert got["inputs"] == {"user_id": ["string", [None]]}
     assert got["history_inputs"] == {"user_id": ["string", [None]],
                                      "history_item_ids": ["string", [None, None]]}
+
+
+def test_a_small_catalog_is_scored_in_full(answers):
+    # Brute force below IndexConfig.partitioned_min_items: the index gives the exact answer.
+    got = answers[0]
+    assert got["exact_items"] == got["items"]
 
 
 def test_contract_shapes_dtypes_and_order(answers):

@@ -40,6 +40,8 @@ fresh = sigs["recommend_from_history"](
 given = sigs["recommend_given_history"](
     user_id=tf.constant([users[0]]), history_item_ids=tf.constant([history]),
     exclude_item_ids=tf.constant([history]), days_since_history=tf.constant([0.0]))
+exact = (ids(sigs["recommend_exact"](user_id=tf.constant(users)))
+         if "recommend_exact" in sigs else None)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in _Block.BLOCKED)
 print(json.dumps({
     "signatures": sorted(sigs.keys()), "loaded": loaded,
@@ -50,14 +52,15 @@ print(json.dumps({
     "item_dtype": out["item_ids"].dtype.name, "score_dtype": out["scores"].dtype.name,
     "items": ids(out), "scores": out["scores"].numpy().tolist(),
     "example_items": ids(out_ex)[0], "excluded_items": ids(excl)[0],
-    "from_history": ids(fresh), "given_history": ids(given)[0],
+    "from_history": ids(fresh), "given_history": ids(given)[0], "exact_items": exact,
 }))
 """
 
 
 def query_in_tensorflow_only_process(model_dir: str, users, history) -> dict:
     """Calls every signature for ``users`` (plus an unknown user, last) and, with
-    ``history`` as request history, for an unknown user and ``users[0]``."""
+    ``history`` as request history, for an unknown user and ``users[0]``;
+    ``exact_items`` is ``recommend_exact``'s answer (None without it)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"

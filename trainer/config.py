@@ -70,6 +70,13 @@ class TrainerConfig:
     epochs: int = 20
     shuffle_buffer: int = 100_000
     top_k: int = 100
+    # The served candidate index (serving.savedmodel.index.IndexConfig): catalogs of
+    # ann_min_items items or more get a partitioned index of ann_lists balanced lists
+    # (0: about 4 sqrt(items)), ann_probes of them scored per query; smaller ones are
+    # scored in full.
+    ann_min_items: int = 250_000
+    ann_lists: int = 0
+    ann_probes: int = 128
     seed: int = 42
     # Continuous training (trainer/warmstart.py): start from the previous run's model and
     # train on the windows it never saw plus ``replay_ratio`` times as many earlier
@@ -88,9 +95,11 @@ class TrainerConfig:
             raise ValueError(f"top_k must be >= 100 (serving contract), got {self.top_k}")
         for name in ("id_embedding_dim", "feature_embedding_dim", "output_dim", "batch_size",
                      "epochs", "max_history", "exclusion_cap", "attention_blocks",
-                     "attention_heads", "num_negatives"):
+                     "attention_heads", "num_negatives", "ann_min_items", "ann_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ann_lists < 0:
+            raise ValueError(f"ann_lists must be >= 0 (0: automatic), got {self.ann_lists}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.warm_steps < 0 or self.warm_epochs < 1 or self.replay_ratio < 0:

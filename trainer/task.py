@@ -19,6 +19,7 @@ from trainer import data as D
 from trainer.config import TrainerConfig
 from serving.savedmodel.export import export_serving_model
 from serving.savedmodel.fingerprint import model_fingerprint, write_fingerprint
+from serving.savedmodel.index import IndexConfig
 from serving.savedmodel.history import UserHistory, read_user_history
 from serving.savedmodel.warmup import MODEL_NAME
 from trainer import warmstart
@@ -152,7 +153,13 @@ def export(export_dir: str, query_tower, candidate_tower, encoder,
     export_serving_model(export_dir, query_tower, candidate_tower, encoder, tft_output,
                          catalog.item_features(), catalog.user_features(),
                          catalog.item_counts, history, cfg.top_k, cfg.max_history, int8=int8,
-                         model_name=model_name)
+                         model_name=model_name, index_config=index_config(cfg))
+
+
+def index_config(cfg: TrainerConfig) -> IndexConfig:
+    """The served index's settings (the Trainer's and the compressor's export alike)."""
+    return IndexConfig(partitioned_min_items=cfg.ann_min_items, lists=cfg.ann_lists,
+                       probes=cfg.ann_probes, seed=cfg.seed)
 
 
 def read_history(train_patterns: Sequence[str], tft_output: tft.TFTransformOutput,

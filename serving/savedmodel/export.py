@@ -1,23 +1,28 @@
 """Writes the serving SavedModel: the one export path of the Trainer and the compressor.
 
 Both hand over the trained Keras towers and history encoder; ``int8`` picks the
-storage of the tower weights and the candidate index. Everything else (signatures,
+storage of the tower weights and the candidate index, and ``IndexConfig`` whether the
+index is scored in full or partitioned (by catalog size). Everything else (signatures,
 lookup and history tables, the Transform graph for tf.Example requests, warm-up
-requests) is the same code.
+requests, the index report) is the same code.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from typing import Dict, Sequence
+import time
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from serving.savedmodel.features import TransformQueryFeatures
 from serving.savedmodel.history import UserHistory
-from serving.savedmodel.index import FloatIndex, Int8Index
+from serving.savedmodel.index import FloatIndex, IndexConfig, Int8Index
+from serving.savedmodel.ivf import PartitionedIndex
 from serving.savedmodel.module import RetrievalModule
+from serving.savedmodel.partition import partition_catalog
 from serving.savedmodel.tower import ServingTower
 from serving.savedmodel.warmup import MODEL_NAME, write_warmup_requests
 from transform.features import CANDIDATE_FEATURES
@@ -27,7 +32,11 @@ WARMUP_USERS = 8
 # Variables of the per-user state (history, exclusions, demographics) and the
 # popularity fallback: data, the same in the float and the int8 model.
 USER_STATE_VARIABLES = ("recent", "recent_indptr", "override", "override_indptr",
-                        "user_features", "popularity")
+                        "user_features", "popularity", "popular_items", "popular_share",
+                        "item_ids")
+# Which index the model holds, its settings and its measured recall against brute
+# force (TensorFlow Serving ignores assets.extra/).
+INDEX_REPORT_FILE = os.path.join("assets.extra", "candidate_index.json")
 
 
 class ServingEncoder(tf.Module):
@@ -54,33 +63,116 @@ def embed_catalog(candidate_tower, item_features: Dict[str, np.ndarray],
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
+def build_index(embeddings: np.ndarray, int8: bool, config: IndexConfig = IndexConfig()):
+    """``(index, report)``: the candidate index ``config`` calls for (partitioned from
+    ``partitioned_min_items`` items on, else scored in full) and what it is."""
+    n, start = len(embeddings), time.perf_counter()
+    report = {"num_items": n, "storage": "int8" if int8 else "float32",
+              "partitioned_min_items": config.partitioned_min_items}
+    if n < config.partitioned_min_items:
+        index = Int8Index(embeddings) if int8 else FloatIndex(embeddings)
+        return index, {"kind": "brute_force", **report}
+    partition = partition_catalog(embeddings, config.num_lists(n), seed=config.seed,
+                                  slack=config.list_slack)
+    index = PartitionedIndex(embeddings, partition, config.probes, int8=int8)
+    return index, {"kind": "partitioned", **report, "lists": index.num_lists,
+                   "lists_asked": config.num_lists(n), "list_size": index.list_size,
+                   "probes": index.probes, "padding": round(partition.padding, 4),
+                   "list_slack": config.list_slack, "seed": config.seed,
+                   "build_seconds": round(time.perf_counter() - start, 1)}
+
+
+def recall_against_exact(module: RetrievalModule, user_ids: Sequence,
+                         batch_size: int = 32) -> Dict[str, float]:
+    """Mean share of ``recommend_exact``'s items that ``serving_default`` also returns,
+    over ``user_ids`` (each user's own exclusions apply to both)."""
+    shares = []
+    for lo in range(0, len(user_ids), batch_size):
+        users = tf.constant(list(user_ids[lo:lo + batch_size]), tf.string)
+        got, want = module.serve(users)["item_ids"].numpy(), \
+            module.recommend_exact(users)["item_ids"].numpy()
+        for g, w in zip(got, want):
+            w = set(w) - {b""}
+            if w:
+                shares.append(len(w & set(g)) / len(w))
+    return {"recall_vs_exact": float(np.mean(shares)) if shares else None,
+            "recall_queries": len(shares), "k": module.k}
+
+
+def sample_users(history: UserHistory, count: int, seed: int) -> list:
+    """Up to ``count`` stored users that have a history, in a fixed random order."""
+    sizes = np.diff(history.recent_indptr)
+    rows = np.flatnonzero(sizes > 0)
+    rows = np.random.default_rng(seed).permutation(rows)[:count]
+    return [history.user_ids[r] for r in np.sort(rows)]
+
+
+def save_serving_module(module: RetrievalModule, export_dir: str, index_report: dict,
+                        recall_users: Sequence, warmup_users: Sequence,
+                        warmup_items: Sequence, model_name: str = MODEL_NAME) -> dict:
+    """Saves ``module`` with its warm-up requests and ``INDEX_REPORT_FILE``; a
+    partitioned index is first measured against brute force on ``recall_users``
+    (in memory, before the save: no second copy of the index is loaded)."""
+    report = dict(index_report)
+    if report["kind"] == "partitioned":
+        start = time.perf_counter()
+        report.update(recall_against_exact(module, recall_users))
+        report["recall_seconds"] = round(time.perf_counter() - start, 1)
+        report["recall_query_source"] = "serving_default vs recommend_exact, stored users"
+        recall = report["recall_vs_exact"]
+        print(f"[export] partitioned index: {report['lists']:,} lists of "
+              f"{report['list_size']}, {report['probes']} probed; recall@{report['k']} "
+              f"against brute force {'n/a' if recall is None else f'{recall:.4f}'} on "
+              f"{report['recall_queries']} stored users", flush=True)
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
+    write_warmup_requests(export_dir, model_name, warmup_users, warmup_items, exact=True)
+    path = os.path.join(export_dir, INDEX_REPORT_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    return report
+
+
+def read_index_report(version_dir: str) -> Optional[dict]:
+    """``INDEX_REPORT_FILE`` of a SavedModel (None for models from before it): the
+    hook for run_summary.json and the report."""
+    path = os.path.join(version_dir, INDEX_REPORT_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def export_serving_model(export_dir: str, query_tower, candidate_tower, encoder, tft_output,
                          item_features: Dict[str, np.ndarray], user_features: np.ndarray,
                          item_counts: np.ndarray, history: UserHistory, top_k: int,
                          max_history: int, int8: bool = False,
-                         model_name: str = MODEL_NAME) -> None:
-    """Saves the SavedModel of CONTRACTS.md "Served model" and its warm-up requests.
+                         model_name: str = MODEL_NAME,
+                         index_config: IndexConfig = IndexConfig()) -> dict:
+    """Saves the SavedModel of CONTRACTS.md "Served model" and its warm-up requests;
+    returns the index report (``INDEX_REPORT_FILE``).
 
     ``item_features``: candidate-tower inputs of every catalog item, in vocabulary
     order; ``user_features``: ``[num_users + 1, 3]`` demographic indices, the last row
     the unknown user's; ``item_counts``: train interactions per item (cold start).
     """
-    embeddings = embed_catalog(candidate_tower, item_features)
+    index, report = build_index(embed_catalog(candidate_tower, item_features), int8,
+                                index_config)
+    popular = np.argsort(-np.asarray(item_counts), kind="stable")[:3]
+    items: Sequence[bytes] = tft_output.vocabulary_by_name(F.ITEM_VOCAB)
     # The history table's asset file lives until the save has copied it into assets/.
     with tempfile.TemporaryDirectory(prefix="savedmodel_assets_") as assets:
         module = RetrievalModule(
-            ServingTower(query_tower, int8=int8), ServingEncoder(encoder),
-            Int8Index(embeddings) if int8 else FloatIndex(embeddings),
+            ServingTower(query_tower, int8=int8), ServingEncoder(encoder), index,
             tft_output.vocabulary_file_by_name(F.ITEM_VOCAB),
             tft_output.vocabulary_file_by_name(F.USER_VOCAB), user_features, item_counts,
             history, TransformQueryFeatures(tft_output.transform_features_layer()),
             tft_output.raw_feature_spec(), top_k, max_history, asset_dir=assets)
-        tf.saved_model.save(module, export_dir, signatures=module.signatures())
-    popular = np.argsort(-np.asarray(item_counts), kind="stable")[:3]
-    items: Sequence[bytes] = tft_output.vocabulary_by_name(F.ITEM_VOCAB)
-    write_warmup_requests(export_dir, model_name,
-                          tft_output.vocabulary_by_name(F.USER_VOCAB)[:WARMUP_USERS],
-                          [items[i] for i in popular])
+        return save_serving_module(
+            module, export_dir, report,
+            sample_users(history, index_config.recall_queries, index_config.seed),
+            tft_output.vocabulary_by_name(F.USER_VOCAB)[:WARMUP_USERS],
+            [items[i] for i in popular], model_name)
 
 
 def weight_bytes(export_dir: str) -> int:

@@ -1,18 +1,95 @@
 """The candidate index: every catalog item's embedding, float32 or int8 per row.
 
-Both score a batch of queries against the whole catalog (``scores``) and return the
-rows of given items (``rows``), which the query side reads as the history's item
-vectors, so the served model holds one item matrix, not two.
+Every index answers ``search(query, exclusions, k)`` (the top ``k`` items of a batch of
+queries, leaving out given items), ``exact(...)`` (the same by brute force, which is
+``search`` itself here) and ``rows(ids)``, the rows of given items, which the query
+side reads as the history's item vectors, so the served model holds one item matrix,
+not two. These two score the whole catalog; ``ivf.PartitionedIndex`` scores a few of
+its lists, and the export picks by catalog size (``IndexConfig``).
 """
 from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from serving.savedmodel.quantize import dequantize_rows, quantize_rows
 
+NEG_INF = float("-inf")
 
-class FloatIndex(tf.Module):
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """Which candidate index the export builds.
+
+    Catalogs of ``partitioned_min_items`` items or more get the partitioned index
+    (``ivf.PartitionedIndex``) of ``lists`` balanced lists (0: ``auto_lists``), of
+    which ``probes`` are scored per query; smaller ones are scored in full. The export
+    compares ``serving_default`` with ``recommend_exact`` for up to ``recall_queries``
+    stored users and records the recall (``export.INDEX_REPORT_FILE``).
+    """
+
+    partitioned_min_items: int = 250_000
+    lists: int = 0
+    probes: int = 128
+    list_slack: float = 0.05
+    seed: int = 0
+    recall_queries: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("partitioned_min_items", "probes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lists < 0 or self.recall_queries < 0 or self.list_slack < 0:
+            raise ValueError(f"lists, recall_queries and list_slack must be >= 0, got "
+                             f"{self.lists}, {self.recall_queries} and {self.list_slack}")
+
+    def num_lists(self, num_items: int) -> int:
+        return min(num_items, self.lists or auto_lists(num_items))
+
+
+def auto_lists(num_items: int) -> int:
+    """About ``4 sqrt(n)`` lists, a power of two: 4,096 at 1M items, 16,384 at 10M."""
+    return max(1, 2 ** int(round(math.log2(max(1.0, 4 * math.sqrt(num_items))))))
+
+
+def exclude(scores: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """Sets ``scores[b, items[b, j]]`` to -inf for every valid (>= 0) item."""
+    where = tf.where(items >= 0)
+    idx = tf.stack([where[:, 0], tf.gather_nd(items, where)], axis=1)
+    return tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], NEG_INF))
+
+
+def is_listed(candidates: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """``[batch, C]`` bool: ``candidates[b, c]`` is among ``items[b]`` (``[batch, L]``,
+    -1 pads), by binary search in each sorted row."""
+    pad = tf.fill(tf.stack([tf.shape(items)[0], 1]), tf.constant(-1, items.dtype))
+    listed = tf.sort(tf.concat([pad, items], axis=1), axis=1)
+    at = tf.minimum(tf.searchsorted(listed, candidates, side="left"), tf.shape(listed)[1] - 1)
+    return tf.equal(tf.gather(listed, at, batch_dims=1), candidates)
+
+
+class _BruteForce:
+    """``search`` and ``exact`` of an index that scores the whole catalog."""
+
+    def search(self, query: tf.Tensor, exclusions: tf.Tensor, k: int,
+               needed: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``[batch, d]`` queries, ``[batch, L]`` item indices to leave out (-1 pads) ->
+        ``(scores, item indices)``, each ``[batch, k]``, best first; -inf past the
+        last item left. ``needed`` (rows whose answer is used) matters to an
+        approximate index only."""
+        top = tf.math.top_k(exclude(self.scores(query), exclusions), k=k, sorted=True)
+        return top.values, tf.cast(top.indices, tf.int64)
+
+    def exact(self, query: tf.Tensor, exclusions: tf.Tensor,
+              k: int) -> Tuple[tf.Tensor, tf.Tensor]:
+        return self.search(query, exclusions, k)
+
+
+class FloatIndex(_BruteForce, tf.Module):
     """Candidate embeddings ``[num_items, d]`` in float32."""
 
     def __init__(self, embeddings: np.ndarray) -> None:
@@ -25,11 +102,15 @@ class FloatIndex(tf.Module):
         return tf.matmul(query, self.embeddings, transpose_b=True)
 
     def rows(self, ids: tf.Tensor) -> tf.Tensor:
-        """``[...]`` item indices -> ``[..., d]`` embeddings."""
-        return tf.gather(self.embeddings, ids)
+        """``[...]`` item indices -> ``[..., d]`` embeddings.
+
+        Gathered from the whole matrix as read for ``scores``, not from the variable:
+        a gather on the variable makes TensorFlow copy all of it on every later read
+        (copy-on-read), i.e. on every request."""
+        return tf.gather(tf.convert_to_tensor(self.embeddings), ids)
 
 
-class Int8Index(tf.Module):
+class Int8Index(_BruteForce, tf.Module):
     """Candidate index stored as int8 rows with a float32 scale per item.
 
     The int8 matrix is what is saved; the first call dequantizes it once into a
@@ -69,3 +150,4 @@ class Int8Index(tf.Module):
         flat = tf.reshape(ids, [-1])
         out = dequantize_rows(self.q, self.scale, flat)
         return tf.reshape(out, tf.concat([tf.shape(ids), tf.shape(self.q)[1:]], axis=0))
+

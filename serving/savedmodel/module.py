@@ -21,6 +21,9 @@ told to leave out:
   A new user whose example carries an age, gender or occupation is answered from
   those through the query tower (trained for it by ``feature_dropout`` and
   ``history_dropout``).
+* ``recommend_exact(user_id)``: ``serving_default`` ranked by brute force over the same
+  stored rows, so that what a partitioned index (``ivf.py``) misses can be measured.
+  With a brute-force index both give the same answer.
 
 The query is asked as of now: the time inputs the tower was trained with
 (``trainer.config``: ``query_age``, ``query_gap``) are age 0 and, for the gap, the days
@@ -28,9 +31,11 @@ from the user's newest stored interaction to the newest interaction the model kn
 (0 when the request carries history items: they are the user's freshest).
 
 A user with neither a known ID, nor any history, nor (``serve_tf_examples``) any user
-feature gets the most popular items, scored by their share of train interactions. If
-fewer than K items are left once a user's items are left out, the remaining slots hold "" with score -inf. Everything is core
-TensorFlow (hash tables, gathers, scatters, matmul, top_k), so
+feature gets the most popular items, scored by their share of train interactions
+(from a list of the most popular ``k + longest exclusion list + POPULAR_HEADROOM``
+items, the whole catalog only if a row leaves out more). If fewer than K items are
+left once a user's items are left out, the remaining slots hold "" with score -inf.
+Everything is core TensorFlow (hash tables, gathers, scatters, matmul, top_k), so
 ``tensorflow_model_server`` and a process importing only ``tensorflow`` can run it.
 """
 from __future__ import annotations
@@ -43,7 +48,8 @@ import numpy as np
 import tensorflow as tf
 
 from serving.savedmodel.features import described, raw_serving_spec, vocab_table
-from serving.savedmodel.index import FloatIndex
+from serving.savedmodel.index import NEG_INF, FloatIndex, exclude, is_listed
+from serving.savedmodel.item_ids import ItemIds, read_lines
 from serving.savedmodel.history import UserHistory, csr_bounds, rows_of, tail
 from transform.features import HISTORY, MODEL_USER_ID as USER_ID, QUERY_FEATURES
 from transform import features as F
@@ -54,7 +60,10 @@ RECOMMEND_FROM_HISTORY = "recommend_from_history"
 RECOMMEND_EXCLUDING = "recommend_excluding"
 RECOMMEND_GIVEN_HISTORY = "recommend_given_history"
 SERVE_TF_EXAMPLES = "serve_tf_examples"
-NEG_INF = float("-inf")
+RECOMMEND_EXACT = "recommend_exact"
+# Request items a cold user may leave out before the popular list runs short and the
+# whole catalog's popularity is ranked instead.
+POPULAR_HEADROOM = 1024
 
 
 def _smallest_int(values: np.ndarray):
@@ -95,13 +104,6 @@ def newest(items: tf.Tensor, n: int) -> tf.Tensor:
                          tf.gather_nd(items, where) + 1, [batch, n]) - 1
 
 
-def exclude(scores: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
-    """Sets ``scores[b, items[b, j]]`` to -inf for every valid (>= 0) item."""
-    where = tf.where(items >= 0)
-    idx = tf.stack([where[:, 0], tf.gather_nd(items, where)], axis=1)
-    return tf.tensor_scatter_nd_update(scores, idx, tf.fill([tf.shape(idx)[0]], NEG_INF))
-
-
 class RetrievalModule(tf.Module):
     """Holds the query side, the candidate index and the lookup and history tables.
 
@@ -109,7 +111,8 @@ class RetrievalModule(tf.Module):
       query_tower: query-feature dict (with the encoded ``history``) -> ``[batch, d]``
         unit vectors (``ServingTower``, float32 or int8).
       encoder: the history encoder, ``(vectors [b, T, d], mask [b, T]) -> [b, T, e]``.
-      index: ``FloatIndex``, ``Int8Index`` or a float ``[num_items, d]`` matrix.
+      index: ``FloatIndex``, ``Int8Index``, ``ivf.PartitionedIndex`` or a float
+        ``[num_items, d]`` matrix; row ``i`` is line ``i`` of ``item_vocab_file``.
       user_features: ``[num_users + 1, 3]``, the last row the unknown user's.
       history: the per-user history and exclusion lists (item indices).
       example_features: parsed raw features -> query-tower inputs.
@@ -120,7 +123,7 @@ class RetrievalModule(tf.Module):
                  history: UserHistory, example_features, raw_feature_spec: dict,
                  top_k: int, max_history: int, asset_dir: Optional[str] = None) -> None:
         super().__init__(name="retrieval")
-        self.index = index if hasattr(index, "scores") else FloatIndex(index)
+        self.index = index if hasattr(index, "search") else FloatIndex(index)
         self.query_tower, self.encoder = query_tower, encoder
         inputs = getattr(query_tower, "input_names", ())
         self._asks_age, self._asks_gap = F.QUERY_AGE in inputs, F.QUERY_GAP in inputs
@@ -129,15 +132,19 @@ class RetrievalModule(tf.Module):
         self.max_history = int(max_history)
         self.num_users = int(user_features.shape[0]) - 1
         self.user_table = vocab_table(user_vocab_file)
-        self.item_table = vocab_table(item_vocab_file)
-        # Index -> raw item ID from the vocabulary asset (not a second copy in variables).
-        self.item_ids = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
-            item_vocab_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), "")
+        # Raw item ID <-> index in variables, not two hash tables (item_ids.py).
+        self.item_ids = ItemIds(read_lines(item_vocab_file))
+        if self.item_ids.num_items != self.index.num_items:
+            raise ValueError(f"got {self.item_ids.num_items} item IDs and "
+                             f"{self.index.num_items} index rows")
         self.user_features = tf.Variable(user_features.astype(_smallest_int(user_features)),
                                          trainable=False)
-        share = item_counts / max(1, item_counts.sum())
-        self.popularity = tf.Variable(share.astype(np.float32), trainable=False)
+        share = (item_counts / max(1, item_counts.sum())).astype(np.float32)
+        self.popularity = tf.Variable(share, trainable=False)
+        longest = int(np.diff(history.recent_indptr).max(initial=0))
+        popular = np.argsort(-share, kind="stable")[:self.k + longest + POPULAR_HEADROOM]
+        self.popular_items = tf.Variable(popular.astype(np.int64), trainable=False)
+        self.popular_share = tf.Variable(share[popular], trainable=False)
         # Raw user ID -> row of the history tables (every user ingested, eval-only too).
         self.history_rows = vocab_table(_write_lines(history.user_ids, "history_users.txt",
                                                        asset_dir))
@@ -187,16 +194,34 @@ class RetrievalModule(tf.Module):
             tf.cast(mask, tf.float32)[..., tf.newaxis]
         return self.encoder(vectors, mask, training=False)[:, -1, :]
 
-    # The one ranking graph, stored once and called by every signature.
-    @tf.function(autograph=False, input_signature=[
-        {name: tf.TensorSpec([None], tf.int64) for name in QUERY_FEATURES},
-        tf.TensorSpec([None], tf.bool), tf.TensorSpec([None, None], tf.int64),
-        tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.float32)])
-    def _rank(self, inputs, known, history, exclusions, days_since_history):
+    def _popular(self, exclusions: tf.Tensor, needed: tf.Tensor):
+        """``(scores, item indices)`` ``[batch, k]``: the most popular items not in
+        ``exclusions``; rows of ``needed`` that leave out too much of the popular list
+        get the whole catalog ranked."""
+        batch = tf.shape(exclusions)[0]
+        popular = tf.convert_to_tensor(self.popular_items)  # one read, gathered as a tensor
+        candidates = tf.broadcast_to(popular[tf.newaxis], tf.stack([batch, tf.size(popular)]))
+        scores = tf.where(is_listed(candidates, exclusions), NEG_INF,
+                          self.popular_share[tf.newaxis, :])
+        top = tf.math.top_k(scores, k=self.k, sorted=True)
+        values, items = top.values, tf.gather(popular, top.indices)
+        if int(self.popular_items.shape[0]) == self.index.num_items:
+            return values, items
+        short = tf.logical_and(tf.reduce_any(tf.math.is_inf(values), axis=1), needed)
+
+        def whole_catalog():
+            full = tf.math.top_k(exclude(tf.broadcast_to(
+                self.popularity[tf.newaxis], tf.stack([batch, self.index.num_items])),
+                exclusions), k=self.k, sorted=True)
+            return (tf.where(short[:, tf.newaxis], full.values, values),
+                    tf.where(short[:, tf.newaxis], tf.cast(full.indices, tf.int64), items))
+        return tf.cond(tf.reduce_any(short), whole_catalog, lambda: (values, items))
+
+    def _ranked(self, inputs, known, history, exclusions, days_since_history, exact: bool):
         """Top K of ``[batch]`` query-tower inputs and ``[batch, T]`` history item
         indices ``[batch]`` days after the newest of them, leaving out ``[batch, L]``
-        item indices (-1 pads both); popularity for a user with neither a known ID nor
-        any history."""
+        item indices (-1 pads both), by the index's ``search`` (or ``exact``);
+        popularity for a user with neither a known ID nor any history."""
         inputs = dict(inputs)
         inputs[HISTORY] = self._encode(history)
         if self._asks_age:
@@ -205,17 +230,37 @@ class RetrievalModule(tf.Module):
         if self._asks_gap:
             has_history = tf.reduce_any(history >= 0, axis=1)
             inputs[F.QUERY_GAP] = log_days(tf.where(has_history, days_since_history, 0.0))
-        scores = self.index.scores(self.query_tower(inputs, training=False))
+        query = self.query_tower(inputs, training=False)
         personal = tf.logical_or(known, tf.reduce_any(history >= 0, axis=1))
-        cold = tf.broadcast_to(self.popularity[tf.newaxis, :], tf.shape(scores))
-        scores = exclude(tf.where(personal[:, tf.newaxis], scores, cold), exclusions)
-        top = tf.math.top_k(scores, k=self.k, sorted=True)
-        ids = self.item_ids.lookup(tf.cast(top.indices, tf.int64))
+        if exact:
+            values, items = self.index.exact(query, exclusions, self.k)
+        else:
+            values, items = self.index.search(query, exclusions, self.k, personal)
+        cold_values, cold_items = self._popular(exclusions, tf.logical_not(personal))
+        values = tf.where(personal[:, tf.newaxis], values, cold_values)
+        items = tf.where(personal[:, tf.newaxis], items, cold_items)
         # Past the last item a user may get (all others left out), slots are "" / -inf.
-        allowed = top.values > NEG_INF
-        return {"item_ids": tf.where(allowed, ids, tf.constant("")), "scores": top.values}
+        allowed = values > NEG_INF
+        return {"item_ids": tf.where(allowed, self.item_ids.ids(items), tf.constant("")),
+                "scores": values}
 
-    def _recommend(self, user_id, extra_history, extra_exclude):
+    # The one ranking graph, stored once and called by every signature (and its brute
+    # force twin, called by recommend_exact).
+    _RANK_SIGNATURE = [{name: tf.TensorSpec([None], tf.int64) for name in QUERY_FEATURES},
+                       tf.TensorSpec([None], tf.bool), tf.TensorSpec([None, None], tf.int64),
+                       tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None], tf.float32)]
+
+    @tf.function(autograph=False, input_signature=_RANK_SIGNATURE)
+    def _rank(self, inputs, known, history, exclusions, days_since_history):
+        return self._ranked(inputs, known, history, exclusions, days_since_history,
+                            exact=False)
+
+    @tf.function(autograph=False, input_signature=_RANK_SIGNATURE)
+    def _rank_exact(self, inputs, known, history, exclusions, days_since_history):
+        return self._ranked(inputs, known, history, exclusions, days_since_history,
+                            exact=True)
+
+    def _recommend(self, user_id, extra_history, extra_exclude, exact: bool = False):
         """The stored history plus ``extra_history``; stored, extra and ``extra_exclude``
         items left out."""
         stored, seen, days = self._stored(self.history_rows.lookup(user_id))
@@ -223,11 +268,12 @@ class RetrievalModule(tf.Module):
         inputs, known = self._user_inputs(user_id)
         # Items in the request are the user's freshest: no gap since them.
         days = tf.where(tf.reduce_any(extra_history >= 0, axis=1), 0.0, days)
-        return self._rank(inputs, known, history,
-                          tf.concat([seen, extra_history, extra_exclude], axis=1), days)
+        rank = self._rank_exact if exact else self._rank
+        return rank(inputs, known, history,
+                    tf.concat([seen, extra_history, extra_exclude], axis=1), days)
 
     def _item_index(self, item_ids: tf.Tensor) -> tf.Tensor:
-        return self.item_table.lookup(item_ids)  # "" and unknown IDs -> -1
+        return self.item_ids.index(item_ids)  # "" and unknown IDs -> -1
 
     def _none(self, user_id: tf.Tensor) -> tf.Tensor:
         return tf.fill(tf.stack([tf.shape(user_id)[0], 0]), tf.constant(-1, tf.int64))
@@ -236,6 +282,10 @@ class RetrievalModule(tf.Module):
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def serve(self, user_id):
         return self._recommend(user_id, self._none(user_id), self._none(user_id))
+
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def recommend_exact(self, user_id):
+        return self._recommend(user_id, self._none(user_id), self._none(user_id), exact=True)
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
                                   tf.TensorSpec([None, None], tf.string,
@@ -281,4 +331,4 @@ class RetrievalModule(tf.Module):
         return {SERVING_DEFAULT: self.serve, RECOMMEND_FROM_HISTORY: self.recommend_from_history,
                 RECOMMEND_EXCLUDING: self.recommend_excluding,
                 RECOMMEND_GIVEN_HISTORY: self.recommend_given_history,
-                SERVE_TF_EXAMPLES: self.serve_tf_examples}
+                SERVE_TF_EXAMPLES: self.serve_tf_examples, RECOMMEND_EXACT: self.recommend_exact}
