@@ -197,7 +197,11 @@ def main(argv=None) -> int:
     p.add_argument("--embeddings", choices=["clustered", "weak", "uniform"],
                    default="clustered", help="synthetic item vectors (synthetic_catalog.py)")
     p.add_argument("--lists", type=int, default=0, help="partitioned index lists (0: auto)")
-    p.add_argument("--probes", type=int, default=128, help="lists scored per query")
+    p.add_argument("--probes", type=int, default=128,
+                   help="lists scored per query when --target-recall is 0")
+    p.add_argument("--target-recall", type=float, default=0.95,
+                   help="the export probes the fewest lists reaching this recall@100 "
+                        "against brute force (0: exactly --probes)")
     p.add_argument("--recall-users", type=int, default=1000)
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "serving_bench"))
     p.add_argument("--concurrency", default="1,4,16")
@@ -222,10 +226,10 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(a.inter_op_parallelism)
 
     if a.synthetic_items:
-        name = f"synthetic-{a.synthetic_items}-{a.embeddings}-{a.index}-l{a.lists}-p{a.probes}"
+        name = f"synthetic-{a.synthetic_items}-{a.embeddings}-{a.index}-l{a.lists}-p{a.probes}-r{a.target_recall}"
         model_dir = build_in_child(a.synthetic_items, os.path.join(a.work_dir, name),
                                    index=a.index, kind=a.embeddings, lists=a.lists,
-                                   probes=a.probes)
+                                   probes=a.probes, target_recall=a.target_recall)
         label = f"synthetic {a.synthetic_items:,} {a.embeddings} items, {a.index} index"
     else:
         model_dir = a.model_dir

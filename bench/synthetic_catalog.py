@@ -111,11 +111,14 @@ def synthetic_histories(topic: np.ndarray, users: int, rng: np.random.Generator,
 
 def build_synthetic(num_items: int, work_dir: str, index: str = "auto",
                     kind: str = "clustered", num_users: int = 10_000, seed: int = 0,
-                    lists: int = 0, probes: int = 128, recall_users: int = 256) -> str:
+                    lists: int = 0, probes: int = 128, recall_users: int = 256,
+                    target_recall: float = 0.0, max_probes: int = 1024) -> str:
     """Saves (once) the model as ``work_dir/1`` and returns that directory.
 
     ``index``: ``auto`` (the export's choice by size, int8, as pushed), ``int8`` or
     ``float`` (brute force, the compressor's and the Trainer's small-catalog index).
+    ``target_recall`` > 0: the probe count is chosen as the export chooses it
+    (``export.choose_probes``, on other users than the recall is measured on).
     """
     from serving.savedmodel.export import build_index, sample_users, save_serving_module
     from serving.savedmodel.history import build_user_history
@@ -147,10 +150,13 @@ def build_synthetic(num_items: int, work_dir: str, index: str = "auto",
             np.zeros((num_users + 1, 3), np.int8), counts, history, lambda raw: {},
             {"user_id": tf.io.FixedLenFeature([], tf.string)}, top_k=100,
             max_history=HISTORY_LENGTH, asset_dir=tmp)
-        report = save_serving_module(module, path + ".tmp", report,
-                                     sample_users(history, recall_users, seed),
-                                     ["u0", "u1"], ["item0", "item1"])
+        users = sample_users(history, 2 * recall_users, seed)
+        report = save_serving_module(module, path + ".tmp", report, users[1::2],
+                                     ["u0", "u1"], ["item0", "item1"],
+                                     choice_users=users[0::2], target_recall=target_recall,
+                                     max_probes=max_probes)
     settings: Dict = {"num_items": num_items, "index": index, "embeddings": kind,
+                      "target_recall": target_recall,
                       "num_users": num_users, "seed": seed, "dim": DIM,
                       "history_length": HISTORY_LENGTH,
                       "build_seconds": round(time.perf_counter() - start, 1)}

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from serving.model_version import timed_load
-from serving.savedmodel.export import (INDEX_REPORT_FILE, build_index, read_index_report,
-                                       sample_users, save_serving_module)
+from serving.savedmodel.export import (INDEX_REPORT_FILE, build_index, choose_probes,
+                                       read_index_report, sample_users, save_serving_module)
 from serving.savedmodel.history import build_user_history
 from serving.savedmodel.index import IndexConfig, auto_lists
 from serving.savedmodel.item_ids import ItemIds
@@ -241,6 +241,47 @@ def test_cold_users_get_popular_items(served):
         user_id=tf.constant(["nobody"]),
         exclude_item_ids=tf.constant([[f"i{j}" for j in order[:1100]]]))
     assert [int(x[1:]) for x in out["item_ids"].numpy()[0]] == order[1100:1200].tolist()
+
+
+def test_the_export_probes_the_fewest_lists_that_reach_the_target_recall(tmp_path):
+    vectors = clustered(3000, seed=2)
+    rng = np.random.default_rng(4)
+    histories = [[int(i) for i in rng.choice(len(vectors), 5, replace=False)]
+                 for _ in range(60)]  # five items anywhere: queries between clusters
+    module, report, history = _module(tmp_path, vectors, histories,
+                                      np.ones(len(vectors), np.int64),
+                                      IndexConfig(partitioned_min_items=1000, lists=32))
+    users = sample_users(history, 60, 0)
+    # The ladder, worked out from the index's own search and exact answers.
+    queries, exclusions = module.stored_queries(tf.constant(users[0::2]))
+    want = module.index.exact(queries, exclusions, K)[1].numpy()
+
+    def recall_at(probes):
+        module.index.probes = probes
+        got = module.index.search(queries, exclusions, K)[1].numpy()
+        return np.mean([len(set(g) & set(w)) / K for g, w in zip(got, want)])
+    truth = {p: recall_at(p) for p in (8, 16, 32)}
+    assert truth[8] < truth[16] <= truth[32] == 1.0  # all 32 lists: brute force
+
+    chosen = choose_probes(module, users[0::2], target_recall=truth[16] - 1e-6,
+                           max_probes=1024)
+    assert chosen["probes"] == module.index.probes == 16
+    assert [step["probes"] for step in chosen["probe_ladder"]] == [8, 16]
+    assert chosen["probe_ladder"][0]["recall"] == pytest.approx(truth[8], abs=1e-4)
+    assert chosen["reached_target_recall"] and chosen["probe_choice_queries"] == 30
+    # Out of reach within max_probes: the most allowed, and the report says so.
+    capped = choose_probes(module, users[0::2], target_recall=1.0, max_probes=12)
+    assert capped["probes"] == 12 and not capped["reached_target_recall"]
+    assert [step["probes"] for step in capped["probe_ladder"]] == [8, 12]
+
+    # Saved: chosen on one half of the users, measured on the other.
+    saved = save_serving_module(module, str(tmp_path / "1"), report, users[1::2], ["u0"],
+                                ["i1"], choice_users=users[0::2], target_recall=0.999,
+                                max_probes=1024)
+    assert saved["probes"] == 32 and saved["probe_ladder"][-1] == {"probes": 32,
+                                                                  "recall": 1.0}
+    assert saved["recall_vs_exact"] == 1.0 and saved["recall_queries"] == 30
+    assert read_index_report(str(tmp_path / "1")) == saved
 
 
 def test_fewer_items_left_than_k_gives_empty_slots(tmp_path):

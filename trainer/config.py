@@ -72,11 +72,15 @@ class TrainerConfig:
     top_k: int = 100
     # The served candidate index (serving.savedmodel.index.IndexConfig): catalogs of
     # ann_min_items items or more get a partitioned index of ann_lists balanced lists
-    # (0: about 4 sqrt(items)), ann_probes of them scored per query; smaller ones are
-    # scored in full.
+    # (0: about 4 sqrt(items)); smaller ones are scored in full. The export probes the
+    # fewest lists (8, 16, ... up to ann_max_probes) whose recall@top_k against brute
+    # force on sampled stored users reaches ann_target_recall; with ann_target_recall
+    # 0, exactly ann_probes.
     ann_min_items: int = 250_000
     ann_lists: int = 0
     ann_probes: int = 128
+    ann_target_recall: float = 0.95
+    ann_max_probes: int = 1024
     seed: int = 42
     # Continuous training (trainer/warmstart.py): start from the previous run's model and
     # train on the windows it never saw plus ``replay_ratio`` times as many earlier
@@ -95,9 +99,13 @@ class TrainerConfig:
             raise ValueError(f"top_k must be >= 100 (serving contract), got {self.top_k}")
         for name in ("id_embedding_dim", "feature_embedding_dim", "output_dim", "batch_size",
                      "epochs", "max_history", "exclusion_cap", "attention_blocks",
-                     "attention_heads", "num_negatives", "ann_min_items", "ann_probes"):
+                     "attention_heads", "num_negatives", "ann_min_items", "ann_probes",
+                     "ann_max_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ann_target_recall <= 1.0:
+            raise ValueError(f"ann_target_recall must be in [0, 1] (0: exactly ann_probes), "
+                             f"got {self.ann_target_recall}")
         if self.ann_lists < 0:
             raise ValueError(f"ann_lists must be >= 0 (0: automatic), got {self.ann_lists}")
         if self.temperature <= 0:

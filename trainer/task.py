@@ -159,7 +159,8 @@ def export(export_dir: str, query_tower, candidate_tower, encoder,
 def index_config(cfg: TrainerConfig) -> IndexConfig:
     """The served index's settings (the Trainer's and the compressor's export alike)."""
     return IndexConfig(partitioned_min_items=cfg.ann_min_items, lists=cfg.ann_lists,
-                       probes=cfg.ann_probes, seed=cfg.seed)
+                       probes=cfg.ann_probes, target_recall=cfg.ann_target_recall,
+                       max_probes=cfg.ann_max_probes, seed=cfg.seed)
 
 
 def read_history(train_patterns: Sequence[str], tft_output: tft.TFTransformOutput,

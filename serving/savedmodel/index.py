@@ -26,21 +26,28 @@ class IndexConfig:
     """Which candidate index the export builds.
 
     Catalogs of ``partitioned_min_items`` items or more get the partitioned index
-    (``ivf.PartitionedIndex``) of ``lists`` balanced lists (0: ``auto_lists``), of
-    which ``probes`` are scored per query; smaller ones are scored in full. The export
-    compares ``serving_default`` with ``recommend_exact`` for up to ``recall_queries``
-    stored users and records the recall (``export.INDEX_REPORT_FILE``).
+    (``ivf.PartitionedIndex``) of ``lists`` balanced lists (0: ``auto_lists``);
+    smaller ones are scored in full. How many lists a query probes is chosen at export
+    (``export.choose_probes``): the fewest of 8, 16, ... up to ``max_probes`` whose
+    recall@k against brute force reaches ``target_recall`` on ``recall_queries``
+    sampled stored users; with ``target_recall`` 0, exactly ``probes``. The export
+    then measures ``serving_default`` against ``recommend_exact`` on as many other
+    stored users and records both (``export.INDEX_REPORT_FILE``).
     """
 
     partitioned_min_items: int = 250_000
     lists: int = 0
     probes: int = 128
+    target_recall: float = 0.95
+    max_probes: int = 1024
     list_slack: float = 0.05
     seed: int = 0
     recall_queries: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("partitioned_min_items", "probes"):
+        if not 0.0 <= self.target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in [0, 1], got {self.target_recall}")
+        for name in ("partitioned_min_items", "probes", "max_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lists < 0 or self.recall_queries < 0 or self.list_slack < 0:

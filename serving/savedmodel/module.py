@@ -217,11 +217,8 @@ class RetrievalModule(tf.Module):
                     tf.where(short[:, tf.newaxis], tf.cast(full.indices, tf.int64), items))
         return tf.cond(tf.reduce_any(short), whole_catalog, lambda: (values, items))
 
-    def _ranked(self, inputs, known, history, exclusions, days_since_history, exact: bool):
-        """Top K of ``[batch]`` query-tower inputs and ``[batch, T]`` history item
-        indices ``[batch]`` days after the newest of them, leaving out ``[batch, L]``
-        item indices (-1 pads both), by the index's ``search`` (or ``exact``);
-        popularity for a user with neither a known ID nor any history."""
+    def _query(self, inputs, history, days_since_history) -> tf.Tensor:
+        """``[batch, d]`` query vectors of the tower inputs, history and gap."""
         inputs = dict(inputs)
         inputs[HISTORY] = self._encode(history)
         if self._asks_age:
@@ -230,7 +227,14 @@ class RetrievalModule(tf.Module):
         if self._asks_gap:
             has_history = tf.reduce_any(history >= 0, axis=1)
             inputs[F.QUERY_GAP] = log_days(tf.where(has_history, days_since_history, 0.0))
-        query = self.query_tower(inputs, training=False)
+        return self.query_tower(inputs, training=False)
+
+    def _ranked(self, inputs, known, history, exclusions, days_since_history, exact: bool):
+        """Top K of ``[batch]`` query-tower inputs and ``[batch, T]`` history item
+        indices ``[batch]`` days after the newest of them, leaving out ``[batch, L]``
+        item indices (-1 pads both), by the index's ``search`` (or ``exact``);
+        popularity for a user with neither a known ID nor any history."""
+        query = self._query(inputs, history, days_since_history)
         personal = tf.logical_or(known, tf.reduce_any(history >= 0, axis=1))
         if exact:
             values, items = self.index.exact(query, exclusions, self.k)
@@ -260,17 +264,28 @@ class RetrievalModule(tf.Module):
         return self._ranked(inputs, known, history, exclusions, days_since_history,
                             exact=True)
 
-    def _recommend(self, user_id, extra_history, extra_exclude, exact: bool = False):
-        """The stored history plus ``extra_history``; stored, extra and ``extra_exclude``
-        items left out."""
+    def _asked(self, user_id, extra_history, extra_exclude):
+        """``_rank``'s arguments for users with ``extra_history`` added to their stored
+        history, and stored, extra and ``extra_exclude`` items left out."""
         stored, seen, days = self._stored(self.history_rows.lookup(user_id))
         history = newest(tf.concat([stored, extra_history], axis=1), self.max_history)
         inputs, known = self._user_inputs(user_id)
         # Items in the request are the user's freshest: no gap since them.
         days = tf.where(tf.reduce_any(extra_history >= 0, axis=1), 0.0, days)
+        return inputs, known, history, tf.concat([seen, extra_history, extra_exclude],
+                                                 axis=1), days
+
+    def _recommend(self, user_id, extra_history, extra_exclude, exact: bool = False):
         rank = self._rank_exact if exact else self._rank
-        return rank(inputs, known, history,
-                    tf.concat([seen, extra_history, extra_exclude], axis=1), days)
+        return rank(*self._asked(user_id, extra_history, extra_exclude))
+
+    def stored_queries(self, user_id: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """``(query [batch, d], exclusions [batch, L])`` that ``serving_default`` asks
+        the index for these users, run eagerly: the export tries the index's settings
+        on them before anything is traced."""
+        inputs, _, history, exclusions, days = self._asked(
+            user_id, self._none(user_id), self._none(user_id))
+        return self._query(inputs, history, days), exclusions
 
     def _item_index(self, item_ids: tf.Tensor) -> tf.Tensor:
         return self.item_ids.index(item_ids)  # "" and unknown IDs -> -1
