@@ -25,6 +25,9 @@ EVALUATION_METRICS_FILE = "metrics.json"  # RetrievalEvaluator: evaluation
 COMPRESSION_REPORT_FILE = "compression.json"  # ModelCompressor: report
 TRAINING_HISTORY_FILE = "training_history.json"  # Trainer: model_run
 SERVING_MODEL_DIR = "Format-Serving"  # Trainer: model (TFX's name for the SavedModel)
+# Inside a serving SavedModel: which candidate index it holds and its measured recall
+# (TensorFlow Serving ignores assets.extra/).
+INDEX_REPORT_FILE = os.path.join("assets.extra", "candidate_index.json")
 
 
 def metadata_path(pipeline_root: str) -> str:

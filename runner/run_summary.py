@@ -6,7 +6,8 @@ import os
 from typing import Dict, List, Optional
 
 from layout import (COMPRESSION_REPORT_FILE as COMPRESSION_FILE,
-                    EVALUATION_METRICS_FILE as METRICS_FILE,
+                    EVALUATION_METRICS_FILE as METRICS_FILE, INDEX_REPORT_FILE,
+                    SERVING_MODEL_DIR,
                     RUN_SUMMARY_FILE as SUMMARY_FILE, TRAINING_HISTORY_FILE as HISTORY_FILE)
 from layout.mlmd import ComponentRecord
 from serving.savedmodel.fingerprint import unchanged_reason
@@ -59,7 +60,38 @@ def build(records: List[ComponentRecord]) -> dict:
     if not was_pushed:
         summary["push_skipped_reason"] = reason
     summary["training"] = training_block(by_name.get("Trainer"))
+    summary["index"] = index_block(by_name)
     return summary
+
+
+def index_block(by_name: Dict[str, ComponentRecord]) -> Optional[dict]:
+    """The candidate index of the model the Pusher was given (the compressor's, else the
+    Trainer's): kind, settings and recall against brute force, as the export recorded
+    them; None for models from before the report."""
+    for component, key in (("ModelCompressor", "compressed_model"), ("Trainer", "model")):
+        record = by_name.get(component)
+        uri = record.uris().get(key) if record is not None else None
+        path = os.path.join(uri or "", SERVING_MODEL_DIR, INDEX_REPORT_FILE)
+        if uri and os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
+
+
+def index_line(index: Optional[dict]) -> Optional[str]:
+    if not index:
+        return None
+    if index.get("kind") != "partitioned":
+        return (f"[summary] candidate index: brute force over {index['num_items']:,} items "
+                f"({index.get('storage', '')})")
+    recall = index.get("recall_vs_exact")
+    return (f"[summary] candidate index: partitioned, {index['num_items']:,} items in "
+            f"{index['lists']:,} lists, {index['probes']} probed"
+            + (f" (target recall {index['target_recall']})" if index.get("target_recall")
+               else "")
+            + f"; recall@{index.get('k')} against brute force "
+            + ("n/a" if recall is None else f"{recall:.4f}")
+            + f" on {index.get('recall_queries', 0)} stored users")
 
 
 def training_block(trainer: Optional[ComponentRecord]) -> Optional[dict]:
@@ -123,6 +155,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"[summary] training: {t['mode']} ({t.get('reason', '')}); "
                      f"{t['examples']:,} examples, {t['steps']:,} steps, {t['seconds']:.1f}s"
                      + (" (from the cache)" if t.get("cached") else ""))
+    if index_line(s.get("index")):
+        lines.append(index_line(s["index"]))
     lines.append(f"[summary] pushed: {s['pushed_version_dir']}" if s["pushed"]
                  else f"[summary] not pushed ({s.get('push_skipped_reason')}); earlier "
                  f"versions are untouched")

@@ -74,8 +74,14 @@ def test_first_run_blesses_compresses_and_pushes(first):
     [chosen] = [t for t in tried if t["chosen"]]
     assert chosen["method"] == c["method"] and chosen["size_bytes"] == c["compressed_bytes"]
     assert c["chosen_on"] == "validation" and c["validation"]["users"] > 0
+    # (Past a first choice the eval split refused, if any: fell_back_from.)
     assert chosen["size_bytes"] == min(t["size_bytes"] for t in tried
-                                       if t["validation_recall_drop_relative"] <= 0.05)
+                                       if t["validation_recall_drop_relative"] <= 0.05
+                                       and t["method"] not in c["fell_back_from"])
+    # The pushed model's candidate index, as its export recorded it: a small catalog
+    # is scored in full.
+    assert s["index"]["kind"] == "brute_force" and s["index"]["storage"] == "int8"
+    assert s["index"]["num_items"] > 100
     assert s["pushed"] is True
     version = s["pushed_version_dir"]
     assert os.path.dirname(version) == serving and os.path.basename(version).isdigit()

@@ -135,3 +135,16 @@ def test_summary_names_the_split_the_compressor_chose_on():
     line = [l for l in format_summary(s).splitlines() if "compression" in l][0]
     assert "drop 1.00% relative (chosen on a validation slice of 943 train users: " \
            "drop 0.64%); BLESSED" in line
+
+
+def test_summary_names_the_candidate_index_and_its_recall():
+    from runner.run_summary import index_line
+    assert index_line(None) is None
+    assert index_line({"kind": "brute_force", "num_items": 1682, "storage": "int8"}) == \
+        "[summary] candidate index: brute force over 1,682 items (int8)"
+    line = index_line({"kind": "partitioned", "num_items": 1_000_000, "lists": 4096,
+                       "probes": 64, "target_recall": 0.95, "k": 100,
+                       "recall_vs_exact": 0.9712, "recall_queries": 256})
+    assert line == ("[summary] candidate index: partitioned, 1,000,000 items in 4,096 "
+                    "lists, 64 probed (target recall 0.95); recall@100 against brute "
+                    "force 0.9712 on 256 stored users")

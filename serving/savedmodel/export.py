@@ -34,9 +34,7 @@ WARMUP_USERS = 8
 USER_STATE_VARIABLES = ("recent", "recent_indptr", "override", "override_indptr",
                         "user_features", "popularity", "popular_items", "popular_share",
                         "item_ids")
-# Which index the model holds, its settings and its measured recall against brute
-# force (TensorFlow Serving ignores assets.extra/).
-INDEX_REPORT_FILE = os.path.join("assets.extra", "candidate_index.json")
+from layout import INDEX_REPORT_FILE  # noqa: E402  (the index's settings and recall)
 
 
 class ServingEncoder(tf.Module):
