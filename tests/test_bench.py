@@ -97,3 +97,28 @@ def test_synthetic_catalog_is_a_served_model_from_the_export_code(tmp_path):
     assert out["item_ids"].shape == (2, 100)
     # Brute force: serving_default is recommend_exact.
     assert recall_against_exact(model, ["u1", "u2", "u3"])["recall@100"] == 1.0
+
+
+def test_timeline_table_pairs_warm_and_full_by_seed_and_step(tmp_path):
+    from bench.timeline_table import comparison, load, step_table
+
+    def run(mode, step, trainer, r50):
+        return {"mode": mode, "step": step, "trainer_seconds": trainer, "seconds": 10 * trainer,
+                "pushed": True, "next_window": {"recall@10": 0.1, "recall@50": r50,
+                                                "ndcg@10": 0.2}}
+    paths = []
+    for seed, (warm_r50, full_r50) in {42: (0.33, 0.30), 43: (0.27, 0.30)}.items():
+        for mode, r50, trainer in (("warm", warm_r50, 20.0), ("full", full_r50, 100.0)):
+            path = tmp_path / f"{seed}-{mode}.json"
+            path.write_text(json.dumps({"seed": seed, "steps": [
+                run(mode, 1, 200.0, 0.2), run(mode, 2, trainer, r50),
+                {**run(mode, 2, 1.0, 0.0), "rerun": True}]}))
+            paths.append(str(path))
+    runs = load(paths)
+    assert len(runs) == 8  # 2 seeds x 2 modes x 2 steps; the rerun left out
+    assert "| 43 | 2 | 20.0 / 100.0 | 200 / 1000 |" in step_table(runs)
+    _, [two] = comparison(runs)
+    assert two["step"] == 2 and two["trainer_ratios"] == [0.2, 0.2]
+    assert two["recall50_relative"] == pytest.approx([0.1, -0.1])
+    assert two["mean_recall50_relative"] == pytest.approx(0.0)
+    assert two["full_spread"] == pytest.approx(0.0)
