@@ -22,8 +22,8 @@ from serving.savedmodel.ivf import PartitionedIndex
 from serving.savedmodel.module import RetrievalModule
 from serving.savedmodel.partition import balanced_assign, partition_catalog
 from serving.savedmodel.quantize import quantize_rows
+from tests.test_history_serving import HistoryOnly, _lines
 from tests.tf_only_client import query_in_tensorflow_only_process
-from trainer.data import HISTORY
 from trainer.model import MeanEncoder
 
 K = 100
@@ -110,14 +110,7 @@ def test_item_ids_map_both_ways_and_reject_unknown_ids(buckets):
 
 
 # -- a served model over a partitioned index -----------------------------------------
-class HistoryOnly(tf.Module):
-    def __call__(self, features, training=False):
-        return tf.math.l2_normalize(features[HISTORY], axis=1)
-
-
-def _lines(path, values):
-    path.write_bytes(b"".join(v + b"\n" for v in values))
-    return str(path)
+# (The query tower is test_history_serving's: the normalised encoded history.)
 
 
 def _module(tmp, vectors, histories, counts, config, int8=True):
