@@ -80,29 +80,29 @@ def format_report(title: str, metrics: Dict[str, Dict[str, float]], checks, bles
                   ks: List[int], sample: Optional[dict] = None,
                   ann: Optional[dict] = None) -> str:
     lines = [title, ""]
-    if sample is not None:
-        lines.append(f"Users scored: {sample['users']:,} of {sample['population']:,} with "
-                     f"eval items" + (f" (fixed-seed sample, seed {sample['seed']}, at most "
-                                      f"{sample['max_users']:,})" if sample["sampled"]
-                                      else " (all)"))
-        for key in (k for k in sample if k.endswith("_ci95")):
-            for name, (lo, hi) in sample[key].items():
-                lines.append(f"  {key[:-len('_ci95')]} {name}: 95% interval "
-                             f"[{lo:.4f}, {hi:.4f}]")
-    if ann is not None:
-        value = ann.get("recall_vs_exact")
-        lines.append(f"ANN recall@{ann.get('k')} vs exact: "
-                     f"{'n/a' if value is None else f'{value:.4f}'} "
-                     f"({ann.get('index') or 'unknown'} index, serving_default vs "
-                     f"recommend_exact on {ann.get('recall_queries', 0)} users)")
-    if sample is not None or ann is not None:
-        lines.append("")
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "coverage")]
     lines.append(f"{'':<16}" + "".join(f"{c:>14}" for c in cols))
     for name, m in metrics.items():
         if m is not None:
             lines.append(f"{name:<16}" + "".join(f"{m.get(c, float('nan')):>14.4f}"
                                                  for c in cols))
+    if sample is not None:
+        lines += ["", f"Users scored: {sample['users']:,} of {sample['population']:,} with "
+                  f"eval items" + (f" (fixed-seed sample, seed {sample['seed']}, at most "
+                                   f"{sample['max_users']:,})" if sample["sampled"]
+                                   else " (all)")]
+        for key in (k for k in sample if k.endswith("_ci95")):
+            metric = key.split("_")[0]
+            paired = ", paired on the same users" if "_diff_" in key else ""
+            for name, (lo, hi) in sample[key].items():
+                lines.append(f"  {metric} {name.replace('-', ' - ')}: 95% interval "
+                             f"[{lo:.4f}, {hi:.4f}]{paired}")
+    if ann is not None:
+        value = ann.get("recall_vs_exact")
+        lines += ["", f"ANN recall@{ann.get('k')} vs exact: "
+                  f"{'n/a' if value is None else f'{value:.4f}'} "
+                  f"({ann.get('index') or 'unknown'} index, serving_default vs "
+                  f"recommend_exact on {ann.get('recall_queries', 0)} users)"]
     lines += ["", "Gate: " + ("BLESSED" if blessed else "NOT BLESSED")]
     lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.message}" for c in checks]
     return "\n".join(lines) + "\n"
