@@ -36,6 +36,28 @@ def _exclusion_batch(split: SplitMatrices, rows: np.ndarray) -> np.ndarray:
                              for r in rows])
 
 
+# Cells of the padded [users, longest list] request arrays at most per batch: a batch
+# holding a user with 100,000 train items is cut short rather than padded to 256 x
+# 100,000 IDs twice (history and exclusions).
+MAX_BATCH_CELLS = 1 << 21
+
+
+def _batches(split: SplitMatrices, users: np.ndarray, batch_size: int):
+    """``users`` in order, ``batch_size`` at a time, fewer where the longest train list
+    of a batch would make it more than ``MAX_BATCH_CELLS`` padded cells."""
+    lengths = np.diff(split.train.indptr)[users]
+    if split.train_order is not None:
+        lengths = np.maximum(lengths, np.diff(split.train_order_indptr)[users])
+    lo = 0
+    while lo < len(users):
+        hi = min(lo + batch_size, len(users))
+        longest = np.maximum.accumulate(np.maximum(lengths[lo:hi], 1))
+        fits = np.flatnonzero(longest * np.arange(1, hi - lo + 1) <= MAX_BATCH_CELLS)
+        hi = lo + (int(fits[-1]) + 1 if len(fits) else 1)
+        yield users[lo:hi]
+        lo = hi
+
+
 def load_signatures(model: Union[str, Any]):
     """The signatures of a SavedModel directory, or of an already loaded one."""
     return (tf.saved_model.load(model) if isinstance(model, str) else model).signatures
@@ -66,8 +88,7 @@ def accumulate_saved_model(model: Union[str, Any], split: SplitMatrices, ks: Seq
     if users is None:
         users = np.flatnonzero(split.relevant_counts() > 0)
     seconds = []
-    for lo in range(0, len(users), batch_size):
-        rows = users[lo:lo + batch_size]
+    for rows in _batches(split, users, batch_size):
         args = {"user_id": tf.constant([split.user_ids[r] for r in rows]),
                 "exclude_item_ids": tf.constant(_exclusion_batch(split, rows))}
         if given:
