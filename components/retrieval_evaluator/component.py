@@ -91,7 +91,8 @@ def format_report(title: str, metrics: Dict[str, Dict[str, float]], checks, bles
                   f"eval items" + (f" (fixed-seed sample, seed {sample['seed']}, at most "
                                    f"{sample['max_users']:,})" if sample["sampled"]
                                    else " (all)")]
-        for key in (k for k in sample if k.endswith("_ci95")):
+        # Everyone scored: the intervals are the figures themselves (metrics.json).
+        for key in (k for k in sample if k.endswith("_ci95") and sample["sampled"]):
             metric = key.split("_")[0]
             paired = ", paired on the same users" if "_diff_" in key else ""
             for name, (lo, hi) in sample[key].items():
