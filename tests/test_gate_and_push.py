@@ -85,10 +85,12 @@ def test_first_run_blesses_compresses_and_pushes(first):
     warmup = os.path.join(version, "assets.extra", "tf_serving_warmup_requests")
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
             for r in tf.data.TFRecordDataset(warmup)]
-    # serving_default (a known user, then a batch with an unknown one) and
+    # serving_default (a known user, then a batch with an unknown one),
+    # recommend_exact (the export's warm-up since the partitioned index) and
     # recommend_from_history: every path a client takes is traced before it asks.
     signatures = [l.predict_log.request.model_spec.signature_name for l in logs]
-    assert signatures == ["serving_default", "serving_default", "recommend_from_history"]
+    assert signatures == ["serving_default", "serving_default", "recommend_exact",
+                          "recommend_from_history"]
     assert b"__warmup_unknown_user__" in tf.make_ndarray(
         logs[1].predict_log.request.inputs["user_id"]).tolist()
 
