@@ -29,6 +29,7 @@ from components.compression.component import ModelCompressor
 from components.data_validation_gate.component import DataValidationGate
 from components.retrieval_evaluator.component import RetrievalEvaluator
 from components.retrieval_evaluator.gate import GateConfig
+from evaluation.sampling import DEFAULT_MAX_USERS as DEFAULT_MAX_EVAL_USERS
 from components.sequence_gen.component import SequenceGen
 from components.latest_model import LatestOrNoneStrategy
 from components.parquet_example_gen import Executor as ParquetExecutor
@@ -86,6 +87,11 @@ class PipelineConfig:
     gate: GateConfig = GateConfig()
     serving_dir: str = ""  # Pusher base directory; "" = <pipeline_root>/serving
     max_compression_recall_drop: Union[float, RuntimeParameter] = 0.02
+    # Eval users the evaluator and the compressor's verdict score at most (0: all), a
+    # sample fixed by the seed (evaluation.sampling); ML-100K and the built-in
+    # synthetic data have fewer, so all of theirs are scored.
+    max_eval_users: int = DEFAULT_MAX_EVAL_USERS
+    eval_sample_seed: int = 0
     # Kubeflow: the Pusher's PushDestination as JSON text, e.g. a RuntimeParameter;
     # overrides serving_dir (a proto field cannot hold a RuntimeParameter).
     push_destination: Optional[Union[str, RuntimeParameter]] = None
@@ -177,13 +183,15 @@ def _components(cfg: PipelineConfig) -> List[Any]:
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"], gate=cfg.gate,
-        baseline_serving_dir=cfg.baseline_serving_dir or serving_dir)
+        baseline_serving_dir=cfg.baseline_serving_dir or serving_dir,
+        max_eval_users=cfg.max_eval_users, eval_sample_seed=cfg.eval_sample_seed)
     compressor = ModelCompressor(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         examples=example_gen.outputs["examples"],
         sequences=sequence_gen.outputs["sequences"],
         transform_graph=transform.outputs["transform_graph"], gate_k=cfg.gate.k,
-        max_recall_drop=cfg.max_compression_recall_drop, model_name=MODEL_NAME)
+        max_recall_drop=cfg.max_compression_recall_drop, model_name=MODEL_NAME,
+        max_eval_users=cfg.max_eval_users, eval_sample_seed=cfg.eval_sample_seed)
     # TFX's Pusher, except that it pushes nothing when nothing changed
     # (components/pusher/executor.py).
     pusher = tfx.components.Pusher(

@@ -8,6 +8,7 @@ Definitions (per user, then averaged over users with at least one eval item):
 """
 from __future__ import annotations
 
+from array import array
 from typing import Dict, Iterable, List, Sequence, Set
 
 import numpy as np
@@ -27,6 +28,8 @@ class MetricAccumulator:
         self.recall = {k: 0.0 for k in self.ks}
         self.ndcg = {k: 0.0 for k in self.ks}
         self.recommended: Dict[int, Set] = {k: set() for k in self.ks}
+        # Each user's recall@k in the order added (8 bytes a user), for intervals.
+        self._user_recall = {k: array("d") for k in self.ks}
         self._discount = 1.0 / np.log2(np.arange(2, max(self.ks) + 2))
 
     def add(self, ranked: Sequence, relevant: Iterable) -> None:
@@ -38,10 +41,16 @@ class MetricAccumulator:
         hit = np.array([item in relevant for item in ranked[:max(self.ks)]], dtype=bool)
         for k in self.ks:
             h = hit[:k]
-            self.recall[k] += h.sum() / len(relevant)
+            recall = h.sum() / len(relevant)
+            self.recall[k] += recall
+            self._user_recall[k].append(float(recall))
             ideal = self._discount[:min(k, len(relevant))].sum()
             self.ndcg[k] += (self._discount[:len(h)][h]).sum() / ideal
             self.recommended[k].update(ranked[:k])
+
+    def user_recall(self, k: int) -> np.ndarray:
+        """``[users]`` recall@k of each user, in the order they were added."""
+        return np.frombuffer(self._user_recall[k], np.float64).copy()
 
     def result(self) -> Dict[str, float]:
         if not self.users:

@@ -10,7 +10,7 @@ the history signature are asked through ``recommend_excluding``.
 from __future__ import annotations
 
 import time
-from typing import Dict, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -36,23 +36,59 @@ def _exclusion_batch(split: SplitMatrices, rows: np.ndarray) -> np.ndarray:
                              for r in rows])
 
 
-def evaluate_saved_model(model_dir: str, split: SplitMatrices, ks: Sequence[int],
-                         batch_size: int = 256) -> Dict[str, float]:
-    """Metrics for every user with eval items, in batches, with train items left out.
+# Cells of the padded [users, longest list] request arrays at most per batch: a batch
+# holding a user with 100,000 train items is cut short rather than padded to 256 x
+# 100,000 IDs twice (history and exclusions).
+MAX_BATCH_CELLS = 1 << 21
 
-    Also reports ``latency_ms_per_batch`` (mean over batches of ``batch_size`` users).
-    """
-    signatures = tf.saved_model.load(model_dir).signatures
+
+def _batches(split: SplitMatrices, users: np.ndarray, batch_size: int):
+    """``users`` in order, ``batch_size`` at a time, fewer where the longest train list
+    of a batch would make it more than ``MAX_BATCH_CELLS`` padded cells."""
+    lengths = np.diff(split.train.indptr)[users]
+    if split.train_order is not None:
+        lengths = np.maximum(lengths, np.diff(split.train_order_indptr)[users])
+    lo = 0
+    while lo < len(users):
+        hi = min(lo + batch_size, len(users))
+        longest = np.maximum.accumulate(np.maximum(lengths[lo:hi], 1))
+        fits = np.flatnonzero(longest * np.arange(1, hi - lo + 1) <= MAX_BATCH_CELLS)
+        hi = lo + (int(fits[-1]) + 1 if len(fits) else 1)
+        yield users[lo:hi]
+        lo = hi
+
+
+def load_signatures(model: Union[str, Any]):
+    """The signatures of a SavedModel directory, or of an already loaded one."""
+    return (tf.saved_model.load(model) if isinstance(model, str) else model).signatures
+
+
+def item_index(split: SplitMatrices) -> Dict[str, int]:
+    """Raw item ID -> catalog index, built once per split (1M items: ~100 MB)."""
+    cached = split.__dict__.get("_item_index")
+    if cached is None or cached[0] is not split.item_ids:
+        cached = (split.item_ids, {item: i for i, item in enumerate(split.item_ids)})
+        split.__dict__["_item_index"] = cached
+    return cached[1]
+
+
+def accumulate_saved_model(model: Union[str, Any], split: SplitMatrices, ks: Sequence[int],
+                           batch_size: int = 256, users: Optional[np.ndarray] = None
+                           ) -> Tuple[MetricAccumulator, float]:
+    """``(metrics of every user in users, mean ms per batch)``; ``users``: split rows
+    (default: every user with eval items); ``model``: a SavedModel directory or an
+    already loaded one."""
+    signatures = load_signatures(model)
     given = RECOMMEND_GIVEN_HISTORY in signatures and split.train_order is not None
     fn = signatures[RECOMMEND_GIVEN_HISTORY if given else RECOMMEND_EXCLUDING]
     # Models from before the gap input do not take it.
     timed = given and DAYS_SINCE_HISTORY in fn.structured_input_signature[1]
-    item_index = {item: i for i, item in enumerate(split.item_ids)}
+    index = item_index(split)
     acc = MetricAccumulator(ks, len(split.item_ids))
-    users = np.flatnonzero(split.relevant_counts() > 0)
+    if users is None:
+        users = np.flatnonzero(split.relevant_counts() > 0)
     seconds = []
-    for lo in range(0, len(users), batch_size):
-        rows = users[lo:lo + batch_size]
+    for rows in _batches(split, users, batch_size):
         args = {"user_id": tf.constant([split.user_ids[r] for r in rows]),
                 "exclude_item_ids": tf.constant(_exclusion_batch(split, rows))}
         if given:
@@ -66,8 +102,38 @@ def evaluate_saved_model(model_dir: str, split: SplitMatrices, ks: Sequence[int]
         out = fn(**args)
         seconds.append(time.perf_counter() - start)
         ranked = out["item_ids"].numpy()
+        del out, args
         for r, row_items, rel in zip(rows, ranked, relevant_lists(split, rows)):
-            acc.add([item_index.get(x.decode(), ("unknown", x)) for x in row_items], rel)
+            acc.add([index.get(x.decode(), ("unknown", x)) for x in row_items], rel)
+    return acc, 1000.0 * float(np.mean(seconds[1:] or seconds)) if seconds else 0.0
+
+
+def evaluate_saved_model(model: Union[str, Any], split: SplitMatrices, ks: Sequence[int],
+                         batch_size: int = 256,
+                         users: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """Metrics for ``users`` (default: every user with eval items), in batches, with
+    train items left out.
+
+    Also reports ``latency_ms_per_batch`` (mean over batches of ``batch_size`` users).
+    """
+    acc, latency = accumulate_saved_model(model, split, ks, batch_size, users)
     result = acc.result()
-    result["latency_ms_per_batch"] = 1000.0 * float(np.mean(seconds[1:] or seconds))
+    result["latency_ms_per_batch"] = latency
     return result
+
+
+def ann_recall_against_exact(model: Union[str, Any], split: SplitMatrices,
+                             users: Optional[np.ndarray] = None, max_users: int = 256,
+                             seed: int = 0) -> Optional[Dict]:
+    """``serving_default`` (the served, possibly approximate, index) against
+    ``recommend_exact`` (brute force) for up to ``max_users`` of ``users`` (default:
+    every user with eval items) chosen by ``seed``; None for a model without
+    ``recommend_exact``."""
+    from evaluation.ann_recall import signature_recall_against_exact
+    from evaluation.sampling import hash_order
+    signatures = load_signatures(model)
+    if users is None:
+        users = np.flatnonzero(split.relevant_counts() > 0)
+    ids = [split.user_ids[r] for r in users]
+    chosen = [ids[i] for i in np.sort(hash_order(ids, seed)[:max_users])]
+    return signature_recall_against_exact(signatures, chosen)

@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop if more than this share of input rows is malformed")
     run.add_argument("--synthetic-interactions", type=int,
                      default=synthetic.SyntheticConfig.num_interactions)
+    run.add_argument("--synthetic-users", type=int,
+                     default=synthetic.SyntheticConfig.num_users,
+                     help="users of the built-in synthetic data (default: 0, one per 50 "
+                     "interactions)")
+    run.add_argument("--synthetic-items", type=int,
+                     default=synthetic.SyntheticConfig.num_items,
+                     help="items of the built-in synthetic data (default: 0, about 6 "
+                     "sqrt(interactions))")
     run.add_argument("--seed", type=int, default=synthetic.SyntheticConfig.seed)
     run.add_argument("--epochs", type=int, default=TrainerConfig.epochs,
                      help="training epochs (default: %(default)s)")
@@ -202,7 +210,8 @@ def _run(a: argparse.Namespace) -> int:
     opts = local.LocalRunOptions(
         pipeline_root=a.pipeline_root, data_dir=a.data_dir,
         synthetic=synthetic.SyntheticConfig(num_interactions=a.synthetic_interactions,
-                                            seed=a.seed),
+                                            num_users=a.synthetic_users,
+                                            num_items=a.synthetic_items, seed=a.seed),
         split=SplitConfig(a.split, a.eval_fraction) if a.split else None,
         eval_fraction=a.eval_fraction, beam_pipeline_args=tuple(beam_args),
         max_bad_fraction=a.max_bad_fraction, enable_cache=not a.no_cache,

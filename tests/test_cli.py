@@ -33,3 +33,16 @@ def test_missing_data_dir(tmp_path, capsys):
                           "--pipeline-root", str(tmp_path / "root")])
     assert code == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_synthetic_users_and_items_reach_the_generator(tmp_path, monkeypatch):
+    from runner import local
+    seen = {}
+    monkeypatch.setattr(local, "run", lambda opts: seen.update(cfg=opts.synthetic))
+    assert pipeline.main(["run", "--pipeline-root", str(tmp_path), "--synthetic-interactions",
+                          "4000", "--synthetic-users", "300", "--synthetic-items",
+                          "900"]) == 0
+    assert (seen["cfg"].users, seen["cfg"].items, seen["cfg"].num_interactions) == \
+        (300, 900, 4000)
+    pipeline.main(["run", "--pipeline-root", str(tmp_path)])
+    assert (seen["cfg"].num_users, seen["cfg"].num_items) == (0, 0)  # derived, as before

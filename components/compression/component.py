@@ -35,6 +35,7 @@ from components.compression.select import choose, decide  # noqa: F401
 from components.compression.teacher import Teacher
 from components.compression.validation import ValidationConfig, describe, load_validation_split
 from components.retrieval_evaluator.component import serving_dir, write_blessing
+from evaluation.sampling import DEFAULT_MAX_USERS, DEFAULT_SEED, sample_eval_users
 from evaluation.split_data import load_split_from_examples
 from serving.savedmodel.fingerprint import read_fingerprint, with_compression
 from transform import features as F
@@ -59,6 +60,9 @@ class ModelCompressorSpec(types.ComponentSpec):
         "validation_max_users": ExecutionParameter(type=int, optional=True),
         "validation_target_fraction": ExecutionParameter(type=float, optional=True),
         "validation_seed": ExecutionParameter(type=int, optional=True),
+        # The evaluator's sample of eval users (evaluation.sampling), for the verdict.
+        "max_eval_users": ExecutionParameter(type=int, optional=True),
+        "eval_sample_seed": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -98,11 +102,19 @@ class Executor(base_executor.BaseExecutor):
                    for x in graph.vocabulary_by_name(F.ITEM_VOCAB)]
         examples = get(input_dict, "examples").uri
         split = load_split_from_examples(examples, catalog)
+        # The same eval users as the evaluator's (all up to its cap, then its sample).
+        max_users, seed = (exec_properties.get(k) for k in ("max_eval_users",
+                                                             "eval_sample_seed"))
+        users, population = sample_eval_users(
+            split, DEFAULT_MAX_USERS if max_users is None else int(max_users),
+            DEFAULT_SEED if seed is None else int(seed))
+        report["eval_users"] = {"users": int(len(users)), "population": int(population)}
         start, cfg = time.time(), ValidationConfig.from_properties(exec_properties)
         held = load_validation_split(examples, catalog, cfg)  # None if it is empty
         slice_seconds = time.time() - start
         ks = sorted({10, gate_k})
-        original = measure(serving_dir(model), ORIGINAL_METHOD, split, held, ks)
+        original = measure(serving_dir(model), ORIGINAL_METHOD, split, held, ks,
+                           users=users)
         tried = [original]
         fingerprint = read_fingerprint(serving_dir(model))
         if fingerprint is not None:  # the compressed model also depends on these settings
@@ -117,7 +129,7 @@ class Executor(base_executor.BaseExecutor):
             path = os.path.join(staging, method.replace("+", "_"))
             export_candidate(query, candidate, encoder, teacher, graph, path,
                              exec_properties["model_name"], fingerprint)
-            entry = measure(path, method, split, held, ks, original, gate_k, max_drop)
+            entry = measure(path, method, split, held, ks, original, gate_k, max_drop, users)
             entry.update(details, seconds=round(time.time() - start, 1), path=path)
             logging.info("%s", tried_line(entry, gate_k))
             tried.append(entry)
@@ -153,7 +165,9 @@ class ModelCompressor(base_component.BaseComponent):
                  distill_alpha: float = 0.5,
                  validation_max_users: int = _VALIDATION.max_users,
                  validation_target_fraction: float = _VALIDATION.target_fraction,
-                 validation_seed: int = _VALIDATION.seed):
+                 validation_seed: int = _VALIDATION.seed,
+                 max_eval_users: int = DEFAULT_MAX_USERS,
+                 eval_sample_seed: int = DEFAULT_SEED):
         super().__init__(spec=ModelCompressorSpec(
             model=model, model_blessing=model_blessing, examples=examples,
             sequences=sequences, transform_graph=transform_graph,
@@ -163,7 +177,8 @@ class ModelCompressor(base_component.BaseComponent):
             distill_epochs=distill_epochs, distill_alpha=distill_alpha,
             validation_max_users=validation_max_users,
             validation_target_fraction=validation_target_fraction,
-            validation_seed=validation_seed,
+            validation_seed=validation_seed, max_eval_users=max_eval_users,
+            eval_sample_seed=eval_sample_seed,
             compressed_model=types.Channel(type=standard_artifacts.Model),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing),
             report=types.Channel(type=standard_artifacts.ModelEvaluation)))

@@ -13,6 +13,7 @@ import tarfile
 import time
 from typing import Any, Dict, Optional, Sequence
 
+import numpy as np
 from components.compression.report import EVAL, VALIDATION
 from evaluation.model_eval import evaluate_saved_model
 from evaluation.split_data import SplitMatrices
@@ -42,12 +43,14 @@ def split_key(on: str, name: str) -> str:
 def measure(path: str, method: str, split: SplitMatrices,
             validation: Optional[SplitMatrices], ks: Sequence[int],
             original: Optional[Dict[str, Any]] = None, gate_k: int = 50,
-            max_drop: Optional[float] = None) -> Dict[str, Any]:
-    """Size, recall@K and latency of one SavedModel on the eval split, and recall@K on
+            max_drop: Optional[float] = None,
+            users: Optional[np.ndarray] = None) -> Dict[str, Any]:
+    """Size, recall@K and latency of one SavedModel on the eval split (its ``users``
+    rows: the evaluator's sample; default all with eval items), and recall@K on
     the validation slice if there is one; with ``original``, also the size ratios and
     the relative recall drops at ``gate_k`` and, with ``max_drop``, whether each drop
     is within it."""
-    metrics = evaluate_saved_model(path, split, list(ks))
+    metrics = evaluate_saved_model(path, split, list(ks), users=users)
     entry: Dict[str, Any] = {
         "method": method, "size_bytes": directory_bytes(path),
         "gzip_bytes": gzipped_bytes(path), "weight_bytes": weight_bytes(path),

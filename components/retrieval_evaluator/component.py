@@ -12,9 +12,23 @@ users, and emits a standard
 The regression baseline is the version served now (the newest under
 ``baseline_serving_dir``), or a ``baseline_model`` artifact if one is wired in; it is
 scored by the same code on the same split as the candidate.
+
+At scale, at most ``max_eval_users`` eval users are scored (0: all), a sample fixed
+by ``eval_sample_seed`` (``evaluation.sampling``): the candidate, the popularity
+baseline and the served model on the same users. ``evaluation.json``'s ``sample``
+gives its size, the population's, and 95% intervals of recall at the gate's K (and of
+the candidate's paired differences with the others). ``ann_recall`` compares the
+served index (``serving_default``) with brute force (``recommend_exact``) on up to
+``ANN_RECALL_USERS`` of them; the gate itself scores ``recommend_given_history``,
+which goes through the served index.
+
+Memory at a 1M-item catalog: one model is loaded at a time, and popularity is ranked
+without a ``[users, items]`` array (``evaluation.baselines.rank_batches``);
+``bench/evaluator_memory.py`` measures each step.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Any, Dict, List, Optional
@@ -28,16 +42,20 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.retrieval_evaluator.gate import GateConfig, run_gate
-from evaluation.baselines import evaluate_baseline
-from evaluation.model_eval import evaluate_saved_model
+from evaluation.baselines import accumulate_baseline
+from evaluation.model_eval import accumulate_saved_model, ann_recall_against_exact
+from evaluation.sampling import DEFAULT_MAX_USERS, DEFAULT_SEED, describe_sample, \
+    sample_eval_users
 import layout
 from evaluation.split_data import load_split_from_examples
+from serving.savedmodel.export import read_index_report
 from serving.savedmodel.fingerprint import newest_version_dir
 from transform import features as F
 
 METRICS_FILE = layout.EVALUATION_METRICS_FILE
 REPORT_FILE = "report.txt"
 NO_FLOOR = -1.0  # parameter value meaning "use the data-scaled default floor"
+ANN_RECALL_USERS = 256  # users on whom serving_default is compared with recommend_exact
 
 
 def serving_dir(model: types.Artifact) -> str:
@@ -54,8 +72,13 @@ def write_blessing(blessing: types.Artifact, blessed: bool, model: types.Artifac
     blessing.set_int_custom_property("current_model_id", model.id)
 
 
+def ann_recall_key(k: int) -> str:
+    return f"ann_recall@{k}_vs_exact"
+
+
 def format_report(title: str, metrics: Dict[str, Dict[str, float]], checks, blessed: bool,
-                  ks: List[int]) -> str:
+                  ks: List[int], sample: Optional[dict] = None,
+                  ann: Optional[dict] = None) -> str:
     lines = [title, ""]
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "coverage")]
     lines.append(f"{'':<16}" + "".join(f"{c:>14}" for c in cols))
@@ -63,6 +86,24 @@ def format_report(title: str, metrics: Dict[str, Dict[str, float]], checks, bles
         if m is not None:
             lines.append(f"{name:<16}" + "".join(f"{m.get(c, float('nan')):>14.4f}"
                                                  for c in cols))
+    if sample is not None:
+        lines += ["", f"Users scored: {sample['users']:,} of {sample['population']:,} with "
+                  f"eval items" + (f" (fixed-seed sample, seed {sample['seed']}, at most "
+                                   f"{sample['max_users']:,})" if sample["sampled"]
+                                   else " (all)")]
+        # Everyone scored: the intervals are the figures themselves (metrics.json).
+        for key in (k for k in sample if k.endswith("_ci95") and sample["sampled"]):
+            metric = key.split("_")[0]
+            paired = ", paired on the same users" if "_diff_" in key else ""
+            for name, (lo, hi) in sample[key].items():
+                lines.append(f"  {metric} {name.replace('-', ' - ')}: 95% interval "
+                             f"[{lo:.4f}, {hi:.4f}]{paired}")
+    if ann is not None:
+        value = ann.get("recall_vs_exact")
+        lines += ["", f"ANN recall@{ann.get('k')} vs exact: "
+                  f"{'n/a' if value is None else f'{value:.4f}'} "
+                  f"({ann.get('index') or 'unknown'} index, serving_default vs "
+                  f"recommend_exact on {ann.get('recall_queries', 0)} users)"]
     lines += ["", "Gate: " + ("BLESSED" if blessed else "NOT BLESSED")]
     lines += [f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.message}" for c in checks]
     return "\n".join(lines) + "\n"
@@ -79,6 +120,10 @@ class RetrievalEvaluatorSpec(types.ComponentSpec):
         # Where no Resolver can run (Kubeflow's open-source backend), the newest pushed
         # version under this directory is the baseline instead.
         "baseline_serving_dir": ExecutionParameter(type=str, optional=True),
+        # Eval users scored at most (0: all) and the seed of the sample
+        # (evaluation.sampling); defaults when absent (specs compiled before them).
+        "max_eval_users": ExecutionParameter(type=int, optional=True),
+        "eval_sample_seed": ExecutionParameter(type=int, optional=True),
     }
     INPUTS = {
         "model": ChannelParameter(type=standard_artifacts.Model),
@@ -114,34 +159,65 @@ class Executor(base_executor.BaseExecutor):
             ks = sorted(set(ks) | {gate.k})
         batch = int(exec_properties["batch_size"])
 
+        max_users, seed = (exec_properties.get(k) for k in ("max_eval_users",
+                                                             "eval_sample_seed"))
+        max_users = DEFAULT_MAX_USERS if max_users is None else int(max_users)
+        seed = DEFAULT_SEED if seed is None else int(seed)
+
         catalog = tft.TFTransformOutput(graph.uri).vocabulary_by_name(F.ITEM_VOCAB)
         catalog = [x.decode() if isinstance(x, bytes) else x for x in catalog]
         split = load_split_from_examples(examples.uri, catalog)
-        metrics = {"model": evaluate_saved_model(serving_dir(model), split, ks, batch),
-                   "popularity": evaluate_baseline(split, "popularity", ks)}
+        rows, population = sample_eval_users(split, max_users, seed)
+        if len(rows) < population:
+            logging.info("RetrievalEvaluator: scoring %d of %d eval users (seed %d)",
+                         len(rows), population, seed)
+        # One model in memory at a time: the candidate, then the served one.
+        loaded = tf.saved_model.load(serving_dir(model))
+        accs = {}
+        accs["model"], latency = accumulate_saved_model(loaded, split, ks, batch, rows)
+        ann = ann_recall_against_exact(loaded, split, rows, ANN_RECALL_USERS, seed)
+        del loaded
+        gc.collect()
+        accs["popularity"] = accumulate_baseline(split, "popularity", ks, rows)
+        metrics: Dict[str, Optional[Dict[str, float]]] = {
+            "model": {**accs["model"].result(), "latency_ms_per_batch": latency},
+            "popularity": accs["popularity"].result()}
+        if ann is not None:
+            index = read_index_report(serving_dir(model)) or {}
+            ann.update(index=index.get("kind"), users_asked=min(len(rows), ANN_RECALL_USERS),
+                       seed=seed, export_recall_vs_exact=index.get("recall_vs_exact"))
+            if ann["recall_vs_exact"] is not None:
+                metrics["model"][ann_recall_key(ann["k"])] = ann["recall_vs_exact"]
         base_metrics, baseline_path = None, None
         if baseline is not None and baseline.uri != model.uri:
             baseline_path = serving_dir(baseline)
         elif baseline is None:
             baseline_path = newest_version_dir(exec_properties.get("baseline_serving_dir") or "")
         if baseline_path:
-            base_metrics = evaluate_saved_model(baseline_path, split, ks, batch)
+            accs["served"], latency = accumulate_saved_model(baseline_path, split, ks, batch,
+                                                             rows)
+            base_metrics = {**accs["served"].result(), "latency_ms_per_batch": latency}
+            gc.collect()
         metrics["served"] = base_metrics
         checks = run_gate(gate, metrics["model"], metrics["popularity"], base_metrics,
                           len(catalog))
         blessed = all(c.passed for c in checks)
+        sample = describe_sample(rows, population, max_users, seed,
+                                 {name: acc.user_recall(gate.k) for name, acc in accs.items()},
+                                 gate.k)
 
         result = {
             "metrics": metrics, "gate_k": gate.k, "ks": ks, "blessed": blessed,
             "floors": gate.floors(len(catalog)),
             "checks": [c.__dict__ for c in checks],
             "catalog_size": len(catalog), "eval_users": metrics["model"]["users"],
+            "eval_population": population, "sample": sample, "ann_recall": ann,
             "model": model.uri, "baseline_model": baseline_path,
         }
         with open(os.path.join(evaluation.uri, METRICS_FILE), "w") as f:
             json.dump(result, f, indent=2)
         report = format_report(f"Retrieval evaluation of {model.uri}", metrics, checks,
-                               blessed, [k for k in ks if k in (10, gate.k)])
+                               blessed, [k for k in ks if k in (10, gate.k)], sample, ann)
         with open(os.path.join(evaluation.uri, REPORT_FILE), "w") as f:
             f.write(report)
         write_blessing(blessing, blessed, model)
@@ -160,13 +236,16 @@ class RetrievalEvaluator(base_component.BaseComponent):
 
     def __init__(self, model, examples, transform_graph, baseline_model=None,
                  ks=(10, 20, 50, 100), gate: GateConfig = GateConfig(),
-                 batch_size: int = 256, baseline_serving_dir=""):
+                 batch_size: int = 256, baseline_serving_dir="",
+                 max_eval_users: int = DEFAULT_MAX_USERS,
+                 eval_sample_seed: int = DEFAULT_SEED):
         super().__init__(spec=RetrievalEvaluatorSpec(
             model=model, examples=examples, transform_graph=transform_graph,
             baseline_model=baseline_model, ks=json.dumps(sorted(ks)), gate_k=gate.k,
             min_recall=NO_FLOOR if gate.min_recall is None else gate.min_recall,
             min_coverage=NO_FLOOR if gate.min_coverage is None else gate.min_coverage,
             regression_tolerance=gate.regression_tolerance, batch_size=batch_size,
-            baseline_serving_dir=baseline_serving_dir,
+            baseline_serving_dir=baseline_serving_dir, max_eval_users=max_eval_users,
+            eval_sample_seed=eval_sample_seed,
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
             blessing=types.Channel(type=standard_artifacts.ModelBlessing)))
