@@ -129,7 +129,7 @@ def ann_recall_against_exact(model: Union[str, Any], split: SplitMatrices,
     ``recommend_exact`` (brute force) for up to ``max_users`` of ``users`` (default:
     every user with eval items) chosen by ``seed``; None for a model without
     ``recommend_exact``."""
-    from evaluation.ann_recall import signature_recall_against_exact
+    from serving.savedmodel.ann_recall import signature_recall_against_exact
     from evaluation.sampling import hash_order
     signatures = load_signatures(model)
     if users is None:

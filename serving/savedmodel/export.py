@@ -17,6 +17,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from serving.savedmodel import ann_recall
+from serving.savedmodel.ann_recall import shares
 from serving.savedmodel.features import TransformQueryFeatures
 from serving.savedmodel.history import UserHistory
 from serving.savedmodel.index import FloatIndex, IndexConfig, Int8Index
@@ -84,26 +86,11 @@ def recall_against_exact(module: RetrievalModule, user_ids: Sequence,
                          batch_size: int = 32) -> Dict[str, float]:
     """Mean share of ``recommend_exact``'s items that ``serving_default`` also returns,
     over ``user_ids`` (each user's own exclusions apply to both)."""
-    shares = []
-    for lo in range(0, len(user_ids), batch_size):
-        users = tf.constant(list(user_ids[lo:lo + batch_size]), tf.string)
-        shares += _shares(module.serve(users)["item_ids"].numpy(),
-                          module.recommend_exact(users)["item_ids"].numpy())
-    return {"recall_vs_exact": float(np.mean(shares)) if shares else None,
-            "recall_queries": len(shares), "k": module.k}
+    return ann_recall.recall_against_exact(module.serve, module.recommend_exact, user_ids,
+                                           batch_size)
 
 
 PROBE_START = 8  # the fewest lists the export tries; then twice as many each time
-
-
-def _shares(got: np.ndarray, want: np.ndarray) -> list:
-    """Per row, the share of ``want``'s items (-1 or b"" pads) that ``got`` holds."""
-    out = []
-    for g, w in zip(got, want):
-        w = set(w.tolist()) - {-1, b""}
-        if w:
-            out.append(len(w & set(g.tolist())) / len(w))
-    return out
 
 
 def choose_probes(module: RetrievalModule, user_ids: Sequence, target_recall: float,
@@ -128,9 +115,9 @@ def choose_probes(module: RetrievalModule, user_ids: Sequence, target_recall: fl
         search = tf.function(lambda q, e: index.search(q, e, k)[1], input_signature=[
             tf.TensorSpec([None, index.dim], tf.float32),
             tf.TensorSpec([None, None], tf.int64)])  # traced anew for each probe count
-        shares = [s for (q, e), want in zip(asked, exact)
-                  for s in _shares(search(q, e).numpy(), want)]
-        recall = float(np.mean(shares)) if shares else 1.0
+        found = [s for (q, e), want in zip(asked, exact)
+                 for s in shares(search(q, e).numpy(), want)]
+        recall = float(np.mean(found)) if found else 1.0
         ladder.append({"probes": probes, "recall": round(recall, 4)})
         if recall >= target_recall or probes >= cap:
             break
@@ -141,7 +128,7 @@ def choose_probes(module: RetrievalModule, user_ids: Sequence, target_recall: fl
               f"target {target_recall}; raise ann_max_probes or ann_lists", flush=True)
     return {"probes": index.probes, "target_recall": target_recall,
             "max_probes": max_probes, "probe_ladder": ladder,
-            "probe_choice_queries": len(shares),
+            "probe_choice_queries": len(found),
             "reached_target_recall": ladder[-1]["recall"] >= target_recall,
             "probe_choice_seconds": round(time.perf_counter() - start, 1)}
 

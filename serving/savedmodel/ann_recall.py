@@ -1,10 +1,10 @@
 """How much of the brute-force answer the served (approximate) index returns.
 
-The one measure of ``serving.savedmodel.export.recall_against_exact`` (which the
-export records in ``assets.extra/candidate_index.json``), over any two callables: the
-export passes its in-memory module's ``serve`` and ``recommend_exact``, the evaluator
-the loaded SavedModel's ``serving_default`` and ``recommend_exact`` signatures. (The
-export keeps its own copy: serving/savedmodel/ is not changed here.)
+One measure over any two callables: the export passes its in-memory module's
+``serve`` and ``recommend_exact`` (and records the figure in
+``assets.extra/candidate_index.json``), the evaluator the loaded SavedModel's
+``serving_default`` and ``recommend_exact`` signatures, and the export's probe choice
+the index's own search and brute force (``shares``).
 """
 from __future__ import annotations
 
@@ -19,22 +19,30 @@ RECOMMEND_EXACT = "recommend_exact"
 Recommend = Callable[[tf.Tensor], Dict[str, tf.Tensor]]
 
 
+def shares(got: np.ndarray, want: np.ndarray) -> list:
+    """Per row, the share of ``want``'s items that ``got`` holds (-1 and b"" pad
+    either; a row whose ``want`` is empty is skipped)."""
+    out = []
+    for g, w in zip(got, want):
+        w = set(w.tolist()) - {-1, b""}
+        if w:
+            out.append(len(w & set(g.tolist())) / len(w))
+    return out
+
+
 def recall_against_exact(serve: Recommend, exact: Recommend, user_ids: Sequence,
                          batch_size: int = 32) -> Dict[str, Optional[float]]:
     """Mean share of ``exact``'s items that ``serve`` also returns, over ``user_ids``
     (users for whom ``exact`` returns nothing are skipped); ``k``: its list length."""
-    shares, k = [], None
+    found, k = [], None
     for lo in range(0, len(user_ids), batch_size):
         users = tf.constant([u if isinstance(u, (str, bytes)) else str(u)
                              for u in user_ids[lo:lo + batch_size]], tf.string)
         got, want = serve(users)["item_ids"].numpy(), exact(users)["item_ids"].numpy()
         k = int(want.shape[1])
-        for g, w in zip(got, want):
-            w = set(w) - {b""}
-            if w:
-                shares.append(len(w & set(g)) / len(w))
-    return {"recall_vs_exact": float(np.mean(shares)) if shares else None,
-            "recall_queries": len(shares), "k": k}
+        found += shares(got, want)
+    return {"recall_vs_exact": float(np.mean(found)) if found else None,
+            "recall_queries": len(found), "k": k}
 
 
 def signature_recall_against_exact(signatures, user_ids: Sequence,
