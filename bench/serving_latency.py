@@ -49,6 +49,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # 
 
 from bench.common import process_memory_mb  # noqa: E402
 from bench.synthetic_catalog import build_synthetic  # noqa: E402
+from serving.savedmodel import ann_recall  # noqa: E402
 from serving.savedmodel.export import read_index_report  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
@@ -157,9 +158,7 @@ def recall_against_exact(model, users: Sequence[str], batch_size: int = 32) -> d
             t0 = time.perf_counter()
             answers[name] = model.signatures[name](user_id=batch)["item_ids"].numpy()
             seconds[name].append(time.perf_counter() - t0)
-        for got, want in zip(answers["serving_default"], answers["recommend_exact"]):
-            want = set(want) - {b""}
-            shares.append(len(want & set(got)) / len(want))
+        shares += ann_recall.shares(answers["serving_default"], answers["recommend_exact"])
     return {f"recall@{K}": float(np.mean(shares)), "users": len(shares),
             "batch_size": batch_size,
             **{f"{name}_ms_per_batch": 1000 * float(np.median(v)) for name, v in seconds.items()}}
