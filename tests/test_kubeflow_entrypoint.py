@@ -375,5 +375,6 @@ def test_next_span_warm_starts_the_trainer_from_the_model_volume(launched):
         t = json.load(f)["training"]
     assert t["mode"] == "warm_start" and t["base_model"] == first, t["reason"]
     assert t["spans"] == ["1", "2"] and t["new_windows"] > 0 and t["steps"] > 0
+    assert t["warm_runs"] == 1  # the first warm run after a from-scratch base
     assert t["carried_rows"]["item_id_xf"]["kept"] > 0
     assert warmstart.newest_published(launcher.warm_dir) == t["published"] != first

@@ -135,6 +135,23 @@ def test_plan_warm_starts_only_when_nothing_forbids_it(tmp_path, cfg, spans, mod
         assert (p.newest_span, p.train_last_time) == (1, 100)
 
 
+def test_the_first_warm_run_after_a_training_from_scratch_trains_longer(tmp_path):
+    """The count of warm runs travels with the towers; the first one after a from-scratch
+    base takes ``first_warm_epochs`` passes, later ones ``warm_epochs``."""
+    cfg = dataclasses.replace(CFG, warm_epochs=5, first_warm_epochs=15)
+    base = _base_model(tmp_path)  # written by a full training: no warm_runs key
+    first = W.plan(cfg, XCFG, _spans(s1=10, s2=4), base, "towers")
+    assert (first.warm_runs, first.epochs(cfg)) == (1, 15)
+    towers = tmp_path / "model" / "towers"
+    (towers / W.SPANS_FILE).write_text(json.dumps({**_spans(s1=10, s2=4),
+                                                   "warm_runs": first.warm_runs}))
+    second = W.plan(cfg, XCFG, _spans(s1=10, s2=4, s3=2), base, "towers")
+    assert (second.warm_runs, second.epochs(cfg)) == (2, 5)
+    full = W.plan(dataclasses.replace(cfg, full_retrain=True), XCFG,
+                  _spans(s1=10, s2=4, s3=2), base, "towers")
+    assert full.warm_runs == 0  # the count starts again after a training from scratch
+
+
 def test_plan_without_a_base_and_from_a_published_folder(tmp_path):
     assert W.plan(CFG, XCFG, _spans(s1=1), None, "towers").reason == \
         "no earlier model to warm-start from"

@@ -84,11 +84,16 @@ class TrainerConfig:
     seed: int = 42
     # Continuous training (trainer/warmstart.py): start from the previous run's model and
     # train on the windows it never saw plus ``replay_ratio`` times as many earlier
-    # ones, for ``warm_steps`` batches (0: ``warm_epochs`` passes over that set).
+    # ones, for ``warm_steps`` batches (0: ``warm_epochs`` passes over that set, or
+    # ``first_warm_epochs`` when the base model was trained from scratch: it weighs all
+    # history alike, and the first increment moves it furthest towards the recency-
+    # weighted mix of new and replayed windows; on ML-100K 5 passes there left it 6-27%
+    # below a from-scratch retrain, 15 passes above it).
     warm_start: bool = True
     full_retrain: bool = False  # this run only: train from scratch and say so
     warm_steps: int = 0
     warm_epochs: int = 5
+    first_warm_epochs: int = 15
     replay_ratio: float = 1.0
     # Kubeflow: where the Trainer publishes its towers for the next run and finds the
     # previous run's (a folder on the model volume); "" = the Resolver's base_model only.
@@ -110,9 +115,11 @@ class TrainerConfig:
             raise ValueError(f"ann_lists must be >= 0 (0: automatic), got {self.ann_lists}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.warm_steps < 0 or self.warm_epochs < 1 or self.replay_ratio < 0:
-            raise ValueError(f"warm_steps must be >= 0, warm_epochs >= 1 and replay_ratio "
-                             f">= 0, got {self.warm_steps}, {self.warm_epochs} and "
+        if (self.warm_steps < 0 or self.warm_epochs < 1 or self.first_warm_epochs < 1
+                or self.replay_ratio < 0):
+            raise ValueError(f"warm_steps must be >= 0, warm_epochs and first_warm_epochs "
+                             f">= 1 and replay_ratio >= 0, got {self.warm_steps}, "
+                             f"{self.warm_epochs}, {self.first_warm_epochs} and "
                              f"{self.replay_ratio}")
         for name in ("dropout", "feature_dropout", "history_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:

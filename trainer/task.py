@@ -296,7 +296,7 @@ def _train_and_export(strategy: tf.distribute.Strategy, run_start: float,
     batch = training_batch_size(cfg.batch_size, train_windows, strategy)
     if plan.warm and max_steps is None:
         max_steps = cfg.warm_steps or (
-            int(np.ceil(cfg.warm_epochs * train_windows / batch))
+            int(np.ceil(plan.epochs(cfg) * train_windows / batch))
             if selected["new_windows"] else 0)
     train_ds = _distributed(D.make_dataset(train_patterns, spec, batch,
                                            min(cfg.shuffle_buffer, num_windows), cfg.seed,
@@ -314,8 +314,10 @@ def _train_and_export(strategy: tf.distribute.Strategy, run_start: float,
     steps_per_epoch = max_steps if max_steps is not None else num_windows // batch
     examples = selected["new_targets"] + int(replay * selected["old_targets"])
     what = (f"{selected['new_windows']:,} new windows + {replay:.0%} of "
-            f"{selected['old_windows']:,} earlier ones" if plan.warm
-            else f"{num_windows:,} windows")
+            f"{selected['old_windows']:,} earlier ones (warm run {plan.warm_runs} since "
+            f"training from scratch" + ("" if cfg.warm_steps else
+                                        f": {plan.epochs(cfg)} passes") + ")"
+            if plan.warm else f"{num_windows:,} windows")
     print(f"{prefix} {catalog.num_examples:,} train interactions, {num_items:,} items, "
           f"{num_users:,} users; training on {what} of {cfg.max_history} ({examples:,} "
           f"targets); {cfg.encoder} encoder, {'full' if model.full_softmax else 'sampled'} "
@@ -362,7 +364,8 @@ def _train_and_export(strategy: tf.distribute.Strategy, run_start: float,
                      "train_seconds": round(train_seconds, 2),
                      "new_windows": selected["new_windows"],
                      "replay_windows": int(round(replay * selected["old_windows"])),
-                     "carried_rows": carried, "spans": sorted(spans["spans"], key=int)},
+                     "carried_rows": carried, "spans": sorted(spans["spans"], key=int),
+                     "warm_runs": plan.warm_runs},
     }
     if chief:
         write_fingerprint(serving_model_dir, model_fingerprint(spans, fingerprint_settings(
@@ -370,7 +373,7 @@ def _train_and_export(strategy: tf.distribute.Strategy, run_start: float,
         model_uri = os.path.dirname(serving_model_dir.rstrip("/"))
         save_towers(model_uri, query_tower, candidate_tower, encoder, sizes, cfg, xcfg)
         towers_dir = os.path.join(model_uri, TOWERS_DIR)
-        warmstart.save_warm_start_files(towers_dir, tft_output, spans)
+        warmstart.save_warm_start_files(towers_dir, tft_output, spans, plan.warm_runs)
         if cfg.warm_start_dir:
             summary["training"]["published"] = warmstart.publish(towers_dir,
                                                                  cfg.warm_start_dir)

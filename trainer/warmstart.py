@@ -69,6 +69,17 @@ class Plan:
     towers_dir: Optional[str] = None  # its towers/ folder
     newest_span: int = 0  # the base trained on spans up to this one ...
     train_last_time: Optional[int] = None  # ... and on train rows up to this time
+    base_warm_runs: int = 0  # warm runs since the base's last training from scratch
+
+    @property
+    def warm_runs(self) -> int:
+        """This run's count of warm runs since the last training from scratch."""
+        return self.base_warm_runs + 1 if self.warm else 0
+
+    def epochs(self, cfg: TrainerConfig) -> int:
+        """Passes over the new and replayed windows: more on the first warm run after a
+        training from scratch (``TrainerConfig.first_warm_epochs``)."""
+        return cfg.first_warm_epochs if self.base_warm_runs == 0 else cfg.warm_epochs
 
     @property
     def warm(self) -> bool:
@@ -119,16 +130,16 @@ def publish(towers_dir: str, warm_start_dir: str) -> str:
 
 
 def save_warm_start_files(towers_dir: str, tft_output: tft.TFTransformOutput,
-                          spans: dict) -> None:
-    """What the next run needs besides the checkpoint: this run's vocabularies and the
-    spans it trained on."""
+                          spans: dict, warm_runs: int = 0) -> None:
+    """What the next run needs besides the checkpoint: this run's vocabularies, the
+    spans it trained on, and its count of warm runs since a training from scratch."""
     vocab_dir = os.path.join(towers_dir, VOCABULARY_DIR)
     tf.io.gfile.makedirs(vocab_dir)
     for name in set(VOCABULARIES.values()):
         tf.io.gfile.copy(tft_output.vocabulary_file_by_name(name),
                          os.path.join(vocab_dir, name), overwrite=True)
     with tf.io.gfile.GFile(os.path.join(towers_dir, SPANS_FILE), "w") as f:
-        json.dump(spans, f, indent=2, sort_keys=True)
+        json.dump({**spans, "warm_runs": warm_runs}, f, indent=2, sort_keys=True)
 
 
 def read_vocabulary(path: str) -> List[bytes]:
@@ -190,7 +201,8 @@ def plan(cfg: TrainerConfig, xcfg: TransformConfig, spans: dict,
         return Plan(FULL, "the past changed, so a warm start would train on a mix: "
                     + "; ".join(past), source)
     return Plan(WARM_START, f"warm start from {source}", source, towers,
-                int(base_spans.get("newest_span", 0)), base_spans.get("train_last_time"))
+                int(base_spans.get("newest_span", 0)), base_spans.get("train_last_time"),
+                int(base_spans.get("warm_runs", 0)))
 
 
 def carry_rows(base: np.ndarray, base_tokens: Sequence[bytes], fresh: np.ndarray,
