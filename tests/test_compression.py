@@ -90,6 +90,24 @@ def test_student_config_divides_the_served_widths():
         student_config(teacher, 1)
 
 
+def test_each_training_phase_stops_at_the_step_cap():
+    """Epochs of MovieLens-sized data run whole; at a million items the cap ends a phase
+    (a real Keras fit: the optimizer counts the batches it took)."""
+    from types import SimpleNamespace
+    from components.compression.candidates import fit, phase_steps
+    assert phase_steps(5, 15, 1000) == 75 and phase_steps(5, 3244, 1000) == 1000
+    assert phase_steps(1, 3244, 0) == 3244 and phase_steps(1, 0, 10) == 1
+    x = np.arange(40, dtype=np.float32).reshape(-1, 1)
+    teacher = SimpleNamespace(steps_per_epoch=10, dataset=lambda: tf.data.Dataset
+                              .from_tensor_slices((x, x)).batch(4))
+    for cap, steps, epochs in ((0, 30, 3), (1000, 30, 3), (7, 7, 1)):
+        model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        history, ran = fit(model, teacher, 3, {"max_train_steps": cap})
+        assert ran == steps == int(model.optimizer.iterations.numpy())
+        assert len(history.history["loss"]) == epochs
+
+
 def _candidate(method, size, drop, within):
     return {"method": method, "size_bytes": size, "recall_drop_relative": drop,
             "within_tolerance": within}

@@ -73,6 +73,10 @@ def test_first_run_blesses_compresses_and_pushes(first):
         "distilled-student(1/2)+magnitude-pruning+int8-per-row"}
     [chosen] = [t for t in tried if t["chosen"]]
     assert chosen["method"] == c["method"] and chosen["size_bytes"] == c["compressed_bytes"]
+    # Below the step cap every phase runs its whole epochs: 1 to fine-tune, 5 to distill.
+    pruned, student = sorted(tried, key=lambda t: "distilled" in t["method"])
+    assert 0 < pruned["fine_tune_steps"] == student["fine_tune_steps"] < 1000
+    assert student["distill_steps"] == 5 * student["fine_tune_steps"]
     assert c["chosen_on"] == "validation" and c["validation"]["users"] > 0
     # (Past a first choice the eval split refused, if any: fell_back_from.)
     assert chosen["size_bytes"] == min(t["size_bytes"] for t in tried

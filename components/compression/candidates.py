@@ -8,6 +8,10 @@ student, and the int8 export through the Trainer's own export path.
    started as the teacher projected onto the principal directions of its candidate
    embeddings and distilled from the Trainer's towers for ``distill_epochs``
    (``distill.py``), then the same pruning fine-tune and int8.
+
+Each training phase stops after ``max_train_steps`` batches (0: no cap). The epochs
+above are those of MovieLens-sized data, tens of batches each; at a million items one
+epoch is thousands of batches, and the compressor would outlast the Trainer.
 """
 from __future__ import annotations
 
@@ -51,6 +55,26 @@ def sparsity(tower) -> float:
     return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
 
 
+def step_cap(props: Dict[str, Any]) -> int:
+    return int(props.get("max_train_steps") or 0)
+
+
+def phase_steps(epochs: int, steps_per_epoch: int, cap: int) -> int:
+    """Batches a training phase runs: ``epochs`` passes, at most ``cap`` (0: no cap)."""
+    steps = max(1, epochs * steps_per_epoch)
+    return min(steps, cap) if cap > 0 else steps
+
+
+def fit(model, teacher: Teacher, epochs: int, props: Dict[str, Any], **kwargs):
+    """``model.fit`` for ``epochs`` passes over the teacher's windows, or for
+    ``max_train_steps`` batches of them if that is fewer; returns (history, batches)."""
+    steps = phase_steps(epochs, teacher.steps_per_epoch, step_cap(props))
+    if steps == max(1, epochs * teacher.steps_per_epoch):
+        return model.fit(teacher.dataset(), epochs=epochs, verbose=2, **kwargs), steps
+    return model.fit(teacher.dataset().repeat(), epochs=1, steps_per_epoch=steps, verbose=2,
+                     **kwargs), steps
+
+
 def candidates(teacher: Teacher, props: Dict[str, Any]) -> Iterator[Tuple[str, Build]]:
     """``(method, build)`` pairs in the order they are tried."""
     yield METHOD, lambda: prune_fine_tune(*teacher.towers(), teacher, props, teacher.model)
@@ -77,10 +101,10 @@ def distill(teacher: Teacher, divisor: int, props: Dict[str, Any]):
     epochs = (int(props.get("distill_epochs", 0)) if projected else 0) or teacher.cfg.epochs
     model = make(query, candidate, encoder)
     model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
-    history = model.fit(teacher.dataset(), epochs=epochs, verbose=2)
+    history, steps = fit(model, teacher, epochs, props)
     query, candidate, encoder, details = prune_fine_tune(query, candidate, encoder,
                                                          teacher, props, make)
-    details.update(distill_epochs=epochs, distill_alpha=alpha, projected_init=projected,
+    details.update(distill_epochs=epochs, distill_steps=steps, distill_alpha=alpha, projected_init=projected,
                    distill_loss=[float(x) for x in history.history.get("loss", [])],
                    student={"id_embedding_dim": cfg.id_embedding_dim,
                             "output_dim": cfg.output_dim,
@@ -93,7 +117,7 @@ def prune_fine_tune(query, candidate, encoder, teacher: Teacher, props: Dict[str
     """TF-MOT magnitude pruning of the query tower's Dense layers during a fine-tune;
     ``make(query, candidate, encoder)`` builds the training model around the towers."""
     epochs = int(props["fine_tune_epochs"])
-    steps = max(1, epochs * teacher.steps_per_epoch)
+    steps = phase_steps(epochs, teacher.steps_per_epoch, step_cap(props))
     schedule = tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=float(props["target_sparsity"]),
         begin_step=0, end_step=max(1, int(0.8 * steps)), frequency=max(1, steps // 20))
@@ -102,11 +126,11 @@ def prune_fine_tune(query, candidate, encoder, teacher: Teacher, props: Dict[str
     model.compute_loss(teacher.sample)  # builds the pruning wrappers
     # Keras's Adam, as for the student (see distill.student_config).
     model.compile(optimizer=make_optimizer("adam", float(props["learning_rate"])))
-    history = model.fit(teacher.dataset(), epochs=epochs, verbose=2,
-                        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    history, steps = fit(model, teacher, epochs, props,
+                         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     strip(query)
     return query, candidate, encoder, {
-        "sparsity": round(sparsity(query), 4),
+        "sparsity": round(sparsity(query), 4), "fine_tune_steps": steps,
         "fine_tune_loss": [float(x) for x in history.history.get("loss", [])]}
 
 

@@ -56,6 +56,8 @@ class ModelCompressorSpec(types.ComponentSpec):
         "student_divisor": ExecutionParameter(type=int),
         "distill_epochs": ExecutionParameter(type=int),
         "distill_alpha": ExecutionParameter(type=float),
+        # Batches per training phase at most (candidates.phase_steps; 0: no cap).
+        "max_train_steps": ExecutionParameter(type=int, optional=True),
         # The validation slice the choice is made on (validation.ValidationConfig).
         "validation_max_users": ExecutionParameter(type=int, optional=True),
         "validation_target_fraction": ExecutionParameter(type=float, optional=True),
@@ -162,7 +164,7 @@ class ModelCompressor(base_component.BaseComponent):
                  learning_rate: float = 0.0001, gate_k: int = 50,
                  max_recall_drop: float = 0.02, model_name: str = "recommender",
                  student_divisor: int = 2, distill_epochs: int = 5,
-                 distill_alpha: float = 0.5,
+                 distill_alpha: float = 0.5, max_train_steps: int = 1000,
                  validation_max_users: int = _VALIDATION.max_users,
                  validation_target_fraction: float = _VALIDATION.target_fraction,
                  validation_seed: int = _VALIDATION.seed,
@@ -175,7 +177,7 @@ class ModelCompressor(base_component.BaseComponent):
             learning_rate=learning_rate, gate_k=gate_k, max_recall_drop=max_recall_drop,
             model_name=model_name, student_divisor=student_divisor,
             distill_epochs=distill_epochs, distill_alpha=distill_alpha,
-            validation_max_users=validation_max_users,
+            max_train_steps=max_train_steps, validation_max_users=validation_max_users,
             validation_target_fraction=validation_target_fraction,
             validation_seed=validation_seed, max_eval_users=max_eval_users,
             eval_sample_seed=eval_sample_seed,
